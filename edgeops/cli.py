@@ -1,0 +1,307 @@
+"""The ``edgeops`` command line: brokers, server, agent, models, deployments, devices, demo.
+
+Every error a user can cause (an unknown model or device, a bad address, an unreadable file)
+ends in one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeops import __version__
+from edgeops.errors import ConfigError, EdgeOpsError
+
+app = typer.Typer(
+    help="EdgeOps: package, push and watch ML models on fleets of small devices over MQTT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(help="Package and list model versions.", no_args_is_help=True)
+devices_app = typer.Typer(help="See the devices of a fleet.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(devices_app, name="devices")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_HOME = Path(os.environ.get("EDGEOPS_HOME", str(Path.home() / ".edgeops")))
+HomeOpt = Annotated[Path, typer.Option("--home", envvar="EDGEOPS_HOME", help="Server state: store and registry.")]
+FleetOpt = Annotated[str, typer.Option("--fleet", envvar="EDGEOPS_FLEET", help="Fleet name (topic namespace).")]
+BrokerOpt = Annotated[str, typer.Option("--broker", envvar="EDGEOPS_BROKER", help="MQTT broker host:port.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[str, typer.Option("--log-level", envvar="EDGEOPS_LOG_LEVEL")] = "info",
+) -> None:
+    _setup_logging(log_level)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+@app.command()
+def version() -> None:
+    """Print the EdgeOps version."""
+    console.print(__version__)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="TCP port (1883 is often taken by a system broker).")] = 1883,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the embedded MQTT broker (amqtt, MQTT 3.1.1): the one-machine default."""
+    from edgeops.broker import run_embedded_broker
+
+    run_embedded_broker(host, port)
+
+
+@app.command("mosquitto-config")
+def mosquitto_config_cmd(
+    port: Annotated[int, typer.Option(help="Listener port.")] = 1883,
+    host: Annotated[str, typer.Option(help="Listener address.")] = "127.0.0.1",
+    data_dir: Annotated[Path | None, typer.Option(help="Enable persistence in this directory.")] = None,
+) -> None:
+    """Print a Mosquitto configuration tuned for EdgeOps (queue limits, TCP_NODELAY)."""
+    from edgeops.broker import mosquitto_config
+
+    sys.stdout.write(mosquitto_config(port, host=host, data_dir=data_dir))
+
+
+@app.command()
+def server(
+    home: HomeOpt = DEFAULT_HOME,
+    broker: BrokerOpt = "127.0.0.1:1883",
+    fleet: FleetOpt = "default",
+) -> None:
+    """Run the fleet server: ingest device reports, publish desired versions and bundles."""
+    from edgeops.transport import BrokerAddress
+    from fleet_server.config import ServerConfig
+    from fleet_server.server import FleetServer
+
+    config = ServerConfig(home=home, broker=BrokerAddress.parse(broker), fleet=fleet)
+    FleetServer(config).run(_stop_on_signals())
+
+
+@app.command()
+def agent(
+    device_id: Annotated[str, typer.Option("--device-id", envvar="EDGEOPS_DEVICE_ID", help="This device's id.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="EDGEOPS_DATA_DIR", help="Agent state and models.")],
+    broker: BrokerOpt = "127.0.0.1:1883",
+    fleet: FleetOpt = "default",
+    telemetry_interval: Annotated[float, typer.Option(help="Seconds per telemetry window.")] = 10.0,
+    inference_interval: Annotated[float, typer.Option(help="Seconds between simulated inferences.")] = 0.05,
+    input_source: Annotated[str, typer.Option("--input", help="Simulated input: digits or none.")] = "digits",
+    threads: Annotated[int, typer.Option(help="Intra-op threads of the runtime.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated input stream.")] = 0,
+) -> None:
+    """Run a device agent (on a Raspberry Pi, or simulated on a laptop)."""
+    from device_agent.agent import Agent
+    from device_agent.config import AgentConfig
+    from edgeops.transport import BrokerAddress
+
+    config = AgentConfig(
+        device_id=device_id,
+        broker=BrokerAddress.parse(broker),
+        data_dir=data_dir,
+        fleet=fleet,
+        telemetry_interval_s=telemetry_interval,
+        inference_interval_s=inference_interval,
+        input_source=input_source,
+        intra_op_threads=threads,
+        seed=seed,
+    )
+    Agent(config).run(_stop_on_signals())
+
+
+def _open_home(home: Path) -> tuple[Any, Any]:
+    from fleet_server.registry import Registry
+    from fleet_server.store import Store
+
+    return Store(home / "edgeops.db"), Registry(home / "registry")
+
+
+def _load_reference(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            if "X" not in data:
+                raise ConfigError(f"{path}: expected an array named 'X' (rows of model input)")
+            return data["X"]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read reference data {path}: {exc}") from exc
+
+
+@model_app.command("add")
+def model_add(
+    model_path: Annotated[Path, typer.Argument(help="An .onnx model file.")],
+    name: Annotated[str, typer.Option(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Version label (immutable once added).")],
+    reference: Annotated[
+        Path | None, typer.Option(help=".npz with array X: calibration rows for drift reference and smoke tests.")
+    ] = None,
+    home: HomeOpt = DEFAULT_HOME,
+) -> None:
+    """Package a model into a bundle and add it to the registry."""
+    from fleet_server.registry import add_model
+
+    if not model_path.is_file():
+        raise ConfigError(f"no model file at {model_path}")
+    store, registry = _open_home(home)
+    with console.status(f"packaging {name}:{version}"):
+        row, created = add_model(
+            store, registry, model_path, name=name, version=version, reference=_load_reference(reference),
+            created_by=os.environ.get("USER", ""),
+        )
+    state = "added" if created else "already present"
+    console.print(f"{row.label} {state}: digest {row.digest[:12]}, {row.size_bytes} bytes, {row.runtime}")
+
+
+@model_app.command("list")
+def model_list(home: HomeOpt = DEFAULT_HOME, as_json: JsonOpt = False) -> None:
+    """List model versions in the registry."""
+    store, _ = _open_home(home)
+    rows = store.models()
+    if as_json:
+        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        return
+    table = Table("model", "version", "digest", "runtime", "size", "created", "parent")
+    for r in rows:
+        table.add_row(r.name, r.version, r.digest[:12], r.runtime, f"{r.size_bytes:,}", r.created_at,
+                      r.parent_version or "")
+    console.print(table)
+
+
+def _parse_model_ref(text: str) -> tuple[str, str]:
+    name, sep, version = text.partition(":")
+    if not sep or not name or not version:
+        raise ConfigError(f"expected NAME:VERSION, got {text!r}")
+    return name, version
+
+
+@app.command()
+def deploy(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION of a model in the registry.")],
+    devices: Annotated[str, typer.Option(help="'all' or comma-separated device ids.")] = "all",
+    home: HomeOpt = DEFAULT_HOME,
+    fleet: FleetOpt = "default",
+) -> None:
+    """Set the desired version of devices; the running server publishes it."""
+    from edgeops.protocol import check_id
+    from fleet_server.store import ALL_DEVICES
+
+    name, version = _parse_model_ref(model)
+    store, _ = _open_home(home)
+    row = store.model(name, version)
+    if devices != ALL_DEVICES:
+        ids = [d.strip() for d in devices.split(",") if d.strip()]
+        if not ids:
+            raise ConfigError("--devices needs 'all' or at least one device id")
+        for device_id in ids:
+            try:
+                check_id(device_id, "device id")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        known = {d.device_id for d in store.devices(fleet)}
+        unknown = [d for d in ids if d not in known]
+        if unknown:
+            from edgeops.errors import NotFoundError
+
+            raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
+        devices = ",".join(sorted(set(ids)))
+    deployment = store.add_deployment(fleet, row.digest, devices)
+    console.print(f"deployment {deployment.id}: {row.label} -> {devices} (fleet {fleet})")
+
+
+def _age(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    import time
+
+    seconds = max(0.0, time.time() - ms / 1000)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def devices_table(rows: list[Any]) -> Table:
+    table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry", "error")
+    for d in rows:
+        t = d.last_telemetry or {}
+        p95 = t.get("latency_ms_p95")
+        drift = t.get("drift_score")
+        table.add_row(
+            d.device_id,
+            "[green]online[/]" if d.online else "[red]offline[/]",
+            d.active_label or "-",
+            d.phase or "-",
+            str(t.get("inferences", "-")),
+            f"{p95:.3f}" if p95 is not None else "-",
+            f"{drift:.3f}" if drift is not None else "-",
+            _age(d.last_telemetry_ms),
+            (d.last_error or "")[:60],
+        )
+    return table
+
+
+@devices_app.command("list")
+def devices_list(home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", as_json: JsonOpt = False) -> None:
+    """Every device with its running version, online state and last telemetry."""
+    store, _ = _open_home(home)
+    rows = store.devices(fleet)
+    if as_json:
+        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        return
+    console.print(devices_table(rows))
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 5,
+    workdir: Annotated[Path, typer.Option(help="Scratch directory (wiped first).")] = Path(".demo"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the fleet to converge.")] = 120.0,
+) -> None:
+    """Broker, server and simulated devices on this machine: train, package, deploy, watch, stop."""
+    from edgeops.demo import run_demo
+
+    if not run_demo(devices=devices, workdir=workdir, timeout_s=timeout, console=console):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeOpsError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,152 @@
+"""Inference runtimes behind one small interface, with input checking at the boundary.
+
+The agent, the bundle builder (for smoke vectors) and the tests all load models through
+:func:`load_model`, so a wrong shape or dtype is refused the same way everywhere, with an
+``InferenceInputError`` that says what was expected, instead of a runtime-specific exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgeops.errors import InferenceInputError, ModelLoadError, SmokeTestError
+from edgeops.manifest import Runtime, SmokeTensor, SmokeTest, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+class Model(Protocol):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _dim(d: object) -> int | None:
+    return d if isinstance(d, int) and d >= 0 else None
+
+
+def check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """Return ``array`` as the spec's dtype and shape, or raise InferenceInputError.
+
+    Integer/float widening is not done silently: a float64 batch for a float32 model is converted
+    (lossy but expected from numpy users), anything else of the wrong kind is refused.
+    """
+    if not isinstance(array, np.ndarray):
+        raise InferenceInputError(f"input {spec.name!r}: expected a numpy array, got {type(array).__name__}")
+    want = np.dtype(spec.dtype)
+    if array.dtype != want:
+        if array.dtype.kind == "f" and want.kind == "f":
+            array = array.astype(want)
+        else:
+            raise InferenceInputError(f"input {spec.name!r}: dtype {array.dtype} where {want} is expected")
+    if array.ndim != len(spec.shape):
+        raise InferenceInputError(
+            f"input {spec.name!r}: {array.ndim}-D array of shape {list(array.shape)} where shape "
+            f"{_shape_text(spec.shape)} is expected"
+        )
+    for got, want_dim in zip(array.shape, spec.shape):
+        if want_dim is not None and got != want_dim:
+            raise InferenceInputError(
+                f"input {spec.name!r}: shape {list(array.shape)} where {_shape_text(spec.shape)} is expected"
+            )
+    return array
+
+
+def _shape_text(shape: list[int | None]) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+class OnnxModel:
+    """An onnxruntime session with a fixed thread count and checked inputs."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... hierarchy
+            raise ModelLoadError(f"onnxruntime refused {path.name}: {exc}") from exc
+        self.inputs = [self._spec(a) for a in self._session.get_inputs()]
+        self.outputs = [self._spec(a) for a in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    @staticmethod
+    def _spec(arg: object) -> TensorSpec:
+        type_name = getattr(arg, "type", "")
+        dtype = _ORT_TYPES.get(type_name)
+        if dtype is None:
+            raise ModelLoadError(f"tensor {getattr(arg, 'name', '?')!r} has unsupported type {type_name}")
+        return TensorSpec(name=arg.name, dtype=dtype, shape=[_dim(d) for d in arg.shape])  # type: ignore[attr-defined]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = {s.name for s in self.inputs}
+        if set(feeds) != expected:
+            raise InferenceInputError(f"inputs {sorted(feeds)} where {sorted(expected)} are expected")
+        checked = {s.name: check_input(s, feeds[s.name]) for s in self.inputs}
+        results = self._session.run(self._output_names, checked)
+        return dict(zip(self._output_names, results))
+
+
+def load_model(path: Path, runtime: Runtime, intra_op_threads: int = 1) -> Model:
+    """Load a model file with the runtime its manifest names."""
+    if runtime is Runtime.ONNXRUNTIME:
+        return OnnxModel(path, intra_op_threads)
+    raise ModelLoadError(f"runtime {runtime.value!r} is not supported by this build yet")
+
+
+def _to_smoke_tensor(name: str, array: np.ndarray) -> SmokeTensor:
+    return SmokeTensor(
+        name=name, dtype=str(array.dtype), shape=list(array.shape), data=[float(v) for v in array.ravel()]
+    )
+
+
+def make_smoke_test(model: Model, inputs: Mapping[str, np.ndarray], atol: float = 1e-4) -> SmokeTest:
+    """Record the model's own outputs for ``inputs`` as the bundle's smoke vectors."""
+    outputs = model.run(inputs)
+    return SmokeTest(
+        inputs=[_to_smoke_tensor(k, np.asarray(v)) for k, v in inputs.items()],
+        outputs=[_to_smoke_tensor(k, np.asarray(v)) for k, v in outputs.items()],
+        atol=atol,
+    )
+
+
+def run_smoke_test(model: Model, smoke: SmokeTest) -> None:
+    """Raise SmokeTestError unless the model reproduces every expected output within tolerance."""
+    feeds = {t.name: np.asarray(t.data, dtype=t.dtype).reshape(t.shape) for t in smoke.inputs}
+    try:
+        got = model.run(feeds)
+    except InferenceInputError as exc:
+        raise SmokeTestError(f"smoke inputs do not fit the model: {exc}") from exc
+    for expected in smoke.outputs:
+        if expected.name not in got:
+            raise SmokeTestError(f"model has no output {expected.name!r}")
+        want = np.asarray(expected.data, dtype=np.float64).reshape(expected.shape)
+        have = np.asarray(got[expected.name], dtype=np.float64)
+        if have.shape != want.shape or not np.allclose(have, want, atol=smoke.atol, rtol=smoke.rtol):
+            worst = float(np.max(np.abs(have - want))) if have.shape == want.shape else float("nan")
+            raise SmokeTestError(
+                f"output {expected.name!r} differs from its smoke vector (max abs error {worst:.3g}, "
+                f"atol {smoke.atol})"
+            )

@@ -1,0 +1,168 @@
+"""The fleet server process: ingests what devices report and publishes what they should run.
+
+Two loops in one thread: every inbound message is validated and stored; every
+``reconcile_interval_s`` the desired version of each device (from the store) is compared with what
+this process has published since its last (re)connect, and the difference is published, retained:
+first the bundle's manifest and chunks, then the device's desired message. After a broker restart
+everything is published again, so a broker that lost its retained messages is repopulated.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from edgeops.errors import BundleError, ProtocolError
+from edgeops.manifest import bundle_ref
+from edgeops.protocol import (
+    DEVICE_PUBLISHED,
+    Desired,
+    DeviceChannel,
+    DriftDetail,
+    Event,
+    Reported,
+    Status,
+    Telemetry,
+    TopicKind,
+    chunk_topic,
+    decode_device_message,
+    device_filter,
+    device_id_mismatch,
+    device_topic,
+    manifest_topic,
+    parse_topic,
+)
+from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport
+from fleet_server.config import ServerConfig
+from fleet_server.registry import Registry
+from fleet_server.store import Deployment, Store, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class FleetServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_path)
+        self.registry = Registry(config.registry_path)
+        self.transport = MqttTransport(f"edgeops-server-{config.fleet}", config.broker, clean_session=False)
+        self.drops = DropLog(log)
+        self._published_bundles: set[str] = set()
+        self._published_desired: dict[str, int] = {}
+        self._broken_bundles: set[str] = set()
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    def handle(self, item: Inbound | LinkChange) -> None:
+        if isinstance(item, LinkChange):
+            if item.connected:
+                # The broker may have restarted without its retained messages: publish it all again.
+                self._published_bundles.clear()
+                self._published_desired.clear()
+            return
+        if not item.payload:
+            return  # a cleared retained message
+        try:
+            parsed = parse_topic(item.topic)
+            if parsed.kind is not TopicKind.DEVICE or parsed.channel is None or parsed.device_id is None:
+                return  # our own retained artifacts echoed back never arrive (not subscribed)
+            message = decode_device_message(parsed.channel, item.payload)
+            if device_id_mismatch(parsed, message):
+                raise ProtocolError(f"payload names another device than its topic ({parsed.device_id})")
+        except ProtocolError as exc:
+            self.drops.drop(item.topic.split("/")[4] if item.topic.count("/") >= 4 else item.topic, item.topic, exc)
+            return
+        self._store_message(message)
+
+    def _store_message(self, message: object) -> None:
+        fleet = self.config.fleet
+        received = now_ms()
+        if isinstance(message, Status):
+            self.store.record_status(fleet, message, received)
+        elif isinstance(message, Reported):
+            self.store.record_reported(fleet, message, received)
+        elif isinstance(message, Telemetry):
+            if not self.store.record_telemetry(fleet, message, received):
+                log.debug("duplicate telemetry window dropped window_id=%s", message.window_id)
+        elif isinstance(message, Event):
+            self.store.record_event(fleet, message)
+            log.info("device event device=%s kind=%s %s", message.device_id, message.kind.value, message.message)
+        elif isinstance(message, DriftDetail):
+            self.store.record_drift(fleet, message)
+
+    # --- outbound -----------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Publish the desired state and artifacts that this connection has not published yet."""
+        if not self.transport.connected:
+            return
+        for device_id, deployment in sorted(self.store.desired_for(self.config.fleet).items()):
+            if self._published_desired.get(device_id) == deployment.id:
+                continue
+            if not self._ensure_bundle_published(deployment.digest):
+                continue
+            self._publish_desired(device_id, deployment)
+
+    def _ensure_bundle_published(self, digest: str) -> bool:
+        if digest in self._published_bundles:
+            return True
+        if digest in self._broken_bundles:
+            return False
+        fleet = self.config.fleet
+        try:
+            bundle = self.registry.open(digest)
+        except BundleError as exc:
+            log.error("bundle unusable, not publishing digest=%s error=%s", digest[:12], exc)
+            self._broken_bundles.add(digest)
+            return False
+        # Chunks first, manifest last: a device that sees the manifest finds every chunk retained.
+        for index, data in bundle.chunks():
+            self.transport.publish(chunk_topic(fleet, digest, index), data, retain=True)
+        self.transport.publish(manifest_topic(fleet, digest), bundle.manifest_bytes, retain=True)
+        self._published_bundles.add(digest)
+        log.info(
+            "bundle published model=%s:%s digest=%s chunks=%d bytes=%d",
+            bundle.manifest.name, bundle.manifest.version, digest[:12], len(bundle.manifest.chunks),
+            bundle.manifest.total_size,
+        )
+        return True
+
+    def _publish_desired(self, device_id: str, deployment: Deployment) -> None:
+        fleet = self.config.fleet
+        bundle = self.registry.open(deployment.digest)
+        desired = Desired(
+            bundle=bundle_ref(bundle.manifest, deployment.digest),
+            manifest_topic=manifest_topic(fleet, deployment.digest),
+            issued_at=deployment.created_ms,
+            rollout_id=f"deployment-{deployment.id}",
+        )
+        self.transport.publish(device_topic(fleet, device_id, DeviceChannel.DESIRED), desired.encode(), retain=True)
+        self._published_desired[device_id] = deployment.id
+        log.info("desired published device=%s model=%s", device_id, desired.bundle.label)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        fleet = self.config.fleet
+        self.transport.subscribe(*(device_filter(fleet, ch) for ch in DEVICE_PUBLISHED))
+        self.transport.start()
+        log.info(
+            "fleet server started fleet=%s broker=%s home=%s", fleet, self.config.broker, self.config.home
+        )
+        next_reconcile = 0.0
+        try:
+            while not stop.is_set():
+                timeout = max(0.0, next_reconcile - time.monotonic())
+                try:
+                    self.handle(self.transport.inbox.get(timeout=min(timeout, 0.25)))
+                except queue.Empty:
+                    pass
+                if time.monotonic() >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = time.monotonic() + self.config.reconcile_interval_s
+        finally:
+            self.transport.stop()
+            self.store.close()
+            log.info("fleet server stopped dropped_invalid=%d", self.drops.total)

@@ -1,0 +1,356 @@
+"""The fleet server's store: models, deployments, devices as they report themselves, telemetry.
+
+SQLite in WAL mode so the CLI can read and write while the server runs. The server's view of a
+device is what the device *reported* (status, reported state, telemetry), never what was desired.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeops.errors import ConfigError, NotFoundError
+from edgeops.protocol import DriftDetail, Event, Reported, Status, Telemetry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    parent_version TEXT,
+    manifest_json TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    fleet TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    online INTEGER NOT NULL DEFAULT 0,
+    agent_version TEXT,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    active_name TEXT,
+    active_version TEXT,
+    active_digest TEXT,
+    phase TEXT,
+    last_error TEXT,
+    last_telemetry_json TEXT,
+    last_telemetry_ms INTEGER,
+    PRIMARY KEY (fleet, device_id)
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    window_id TEXT PRIMARY KEY,
+    fleet TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_device_ts ON telemetry (fleet, device_id, ts_ms);
+CREATE TABLE IF NOT EXISTS drift (
+    window_id TEXT PRIMARY KEY,
+    fleet TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fleet TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+"""
+ALL_DEVICES = "all"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    version: str
+    digest: str
+    runtime: str
+    size_bytes: int
+    created_at: str
+    parent_version: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    fleet: str
+    digest: str
+    selector: str
+    created_ms: int
+
+    def targets(self, device_id: str) -> bool:
+        return self.selector == ALL_DEVICES or device_id in self.selector.split(",")
+
+    @property
+    def explicit_ids(self) -> list[str]:
+        return [] if self.selector == ALL_DEVICES else self.selector.split(",")
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    fleet: str
+    device_id: str
+    online: bool
+    agent_version: str | None
+    first_seen_ms: int
+    last_seen_ms: int
+    active_name: str | None
+    active_version: str | None
+    active_digest: str | None
+    phase: str | None
+    last_error: str | None
+    last_telemetry: dict[str, Any] | None
+    last_telemetry_ms: int | None
+
+    @property
+    def active_label(self) -> str | None:
+        return f"{self.active_name}:{self.active_version}" if self.active_name else None
+
+
+class Store:
+    """Thread-safe access to the SQLite file at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # --- models -------------------------------------------------------------------------------
+
+    def add_model(self, row: ModelRow, manifest_json: str) -> bool:
+        """Record a model version; False if the identical version was already there.
+
+        A different bundle under an existing name and version is refused: versions are immutable.
+        """
+        with self._tx() as db:
+            existing = db.execute(
+                "SELECT digest FROM models WHERE name=? AND version=?", (row.name, row.version)
+            ).fetchone()
+            if existing is not None:
+                if existing["digest"] == row.digest:
+                    return False
+                raise ConfigError(f"{row.label} already exists with different content; pick a new version")
+            db.execute(
+                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
+                (row.name, row.version, row.digest, row.runtime, row.size_bytes, row.created_at,
+                 row.parent_version, manifest_json),
+            )
+        return True
+
+    def models(self) -> list[ModelRow]:
+        rows = self._query(
+            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models "
+            "ORDER BY name, created_at, version"
+        )
+        return [ModelRow(**dict(r)) for r in rows]
+
+    def model(self, name: str, version: str) -> ModelRow:
+        rows = self._query(
+            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models "
+            "WHERE name=? AND version=?",
+            (name, version),
+        )
+        if not rows:
+            known = sorted({m.version for m in self.models() if m.name == name})
+            hint = f" (known versions: {', '.join(known)})" if known else " (no such model)"
+            raise NotFoundError(f"unknown model version {name}:{version}{hint}")
+        return ModelRow(**dict(rows[0]))
+
+    def model_by_digest(self, digest: str) -> ModelRow:
+        rows = self._query(
+            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models WHERE digest=?",
+            (digest,),
+        )
+        if not rows:
+            raise NotFoundError(f"no model version with digest {digest[:12]}")
+        return ModelRow(**dict(rows[0]))
+
+    # --- deployments --------------------------------------------------------------------------
+
+    def add_deployment(self, fleet: str, digest: str, selector: str) -> Deployment:
+        created = now_ms()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO deployments (fleet, digest, selector, created_ms) VALUES (?,?,?,?)",
+                (fleet, digest, selector, created),
+            )
+            ident = cur.lastrowid
+        assert ident is not None
+        return Deployment(ident, fleet, digest, selector, created)
+
+    def deployments(self, fleet: str) -> list[Deployment]:
+        rows = self._query("SELECT * FROM deployments WHERE fleet=? ORDER BY id", (fleet,))
+        return [Deployment(**dict(r)) for r in rows]
+
+    def desired_for(self, fleet: str) -> dict[str, Deployment]:
+        """The deployment each device should follow: the newest one that targets it."""
+        deployments = self.deployments(fleet)
+        device_ids = {d.device_id for d in self.devices(fleet)}
+        for dep in deployments:
+            device_ids.update(dep.explicit_ids)
+        desired: dict[str, Deployment] = {}
+        for dep in deployments:  # oldest first, so newer ones win
+            for device_id in device_ids:
+                if dep.targets(device_id):
+                    desired[device_id] = dep
+        return desired
+
+    # --- devices ------------------------------------------------------------------------------
+
+    def _touch(self, db: sqlite3.Connection, fleet: str, device_id: str, seen_ms: int) -> None:
+        db.execute(
+            "INSERT INTO devices (fleet, device_id, first_seen_ms, last_seen_ms) VALUES (?,?,?,?) "
+            "ON CONFLICT (fleet, device_id) DO UPDATE SET last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
+            (fleet, device_id, seen_ms, seen_ms),
+        )
+
+    def record_status(self, fleet: str, status: Status, received_ms: int) -> None:
+        with self._tx() as db:
+            self._touch(db, fleet, status.device_id, received_ms)
+            db.execute(
+                "UPDATE devices SET online=?, agent_version=? WHERE fleet=? AND device_id=?",
+                (int(status.state.value == "online"), status.agent_version or None, fleet, status.device_id),
+            )
+
+    def record_reported(self, fleet: str, reported: Reported, received_ms: int) -> None:
+        active = reported.active
+        error = f"{reported.last_error.code}: {reported.last_error.message}" if reported.last_error else None
+        with self._tx() as db:
+            self._touch(db, fleet, reported.device_id, received_ms)
+            db.execute(
+                "UPDATE devices SET active_name=?, active_version=?, active_digest=?, phase=?, last_error=? "
+                "WHERE fleet=? AND device_id=?",
+                (active.name if active else None, active.version if active else None,
+                 active.digest if active else None, reported.phase.value, error, fleet, reported.device_id),
+            )
+
+    def record_telemetry(self, fleet: str, window: Telemetry, received_ms: int) -> bool:
+        """Store one window; False if its window_id was stored before (QoS 1 redelivery)."""
+        payload = json.dumps(window.to_dict(), separators=(",", ":"))
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO telemetry (window_id, fleet, device_id, ts_ms, payload) VALUES (?,?,?,?,?)",
+                (window.window_id, fleet, window.device_id, window.ts, payload),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._touch(db, fleet, window.device_id, received_ms)
+            db.execute(
+                "UPDATE devices SET last_telemetry_json=?, last_telemetry_ms=? WHERE fleet=? AND device_id=? "
+                "AND (last_telemetry_ms IS NULL OR last_telemetry_ms <= ?)",
+                (payload, window.ts, fleet, window.device_id, window.ts),
+            )
+        return True
+
+    def record_drift(self, fleet: str, detail: DriftDetail) -> None:
+        """Per-feature drift of one window, keyed like its telemetry window (duplicates ignored)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO drift (window_id, fleet, device_id, ts_ms, payload) VALUES (?,?,?,?,?)",
+                (detail.window_id, fleet, detail.device_id, detail.ts, json.dumps(detail.to_dict())),
+            )
+
+    def latest_drift(self, fleet: str, device_id: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT payload FROM drift WHERE fleet=? AND device_id=? ORDER BY ts_ms DESC LIMIT 1", (fleet, device_id)
+        )
+        return json.loads(rows[0]["payload"]) if rows else None
+
+    def record_event(self, fleet: str, event: Event) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (fleet, device_id, ts_ms, kind, payload) VALUES (?,?,?,?,?)",
+                (fleet, event.device_id, event.ts, event.kind.value, json.dumps(event.to_dict())),
+            )
+
+    def devices(self, fleet: str) -> list[DeviceRow]:
+        rows = self._query("SELECT * FROM devices WHERE fleet=? ORDER BY device_id", (fleet,))
+        return [self._device(r) for r in rows]
+
+    def device(self, fleet: str, device_id: str) -> DeviceRow:
+        rows = self._query("SELECT * FROM devices WHERE fleet=? AND device_id=?", (fleet, device_id))
+        if not rows:
+            raise NotFoundError(f"unknown device {device_id!r} in fleet {fleet!r}")
+        return self._device(rows[0])
+
+    @staticmethod
+    def _device(r: sqlite3.Row) -> DeviceRow:
+        data = dict(r)
+        telemetry = data.pop("last_telemetry_json")
+        data["online"] = bool(data["online"])
+        return DeviceRow(**data, last_telemetry=json.loads(telemetry) if telemetry else None)
+
+    def telemetry_count(self, fleet: str, device_id: str | None = None) -> int:
+        if device_id is None:
+            rows = self._query("SELECT count(*) AS n FROM telemetry WHERE fleet=?", (fleet,))
+        else:
+            rows = self._query(
+                "SELECT count(*) AS n FROM telemetry WHERE fleet=? AND device_id=?", (fleet, device_id)
+            )
+        return int(rows[0]["n"])
+
+    def events(self, fleet: str, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if device_id is None:
+            rows = self._query(
+                "SELECT payload FROM events WHERE fleet=? ORDER BY id DESC LIMIT ?", (fleet, limit)
+            )
+        else:
+            rows = self._query(
+                "SELECT payload FROM events WHERE fleet=? AND device_id=? ORDER BY id DESC LIMIT ?",
+                (fleet, device_id, limit),
+            )
+        return [json.loads(r["payload"]) for r in rows]
