@@ -22,13 +22,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from device_agent.config import AgentConfig
+from device_agent.inputs import DigitsStream
+from device_agent.resources import ResourceSampler
+from device_agent.state import AgentState, load_state, save_state
+from device_agent.window import WindowStats
 from edgeops import __version__
-from edgeops.drift import DriftMonitor, ReferenceProfile
 from edgeops.bundle import sha256_hex
+from edgeops.drift import DriftMonitor, ReferenceProfile
 from edgeops.errors import (
     BundleError,
     ChecksumError,
@@ -38,7 +42,7 @@ from edgeops.errors import (
     ProtocolError,
     SchemaValidationError,
 )
-from edgeops.manifest import MANIFEST_FILE, Manifest, bundle_ref, parse_manifest
+from edgeops.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from edgeops.protocol import (
     BundleRef,
     Command,
@@ -66,11 +70,6 @@ from edgeops.protocol import (
 from edgeops.runtime import Model, load_model, run_smoke_test
 from edgeops.transfer import ChunkStore, fsync_write
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, Will
-from device_agent.config import AgentConfig
-from device_agent.inputs import DigitsStream
-from device_agent.resources import ResourceSampler
-from device_agent.state import AgentState, load_state, save_state
-from device_agent.window import WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +97,8 @@ class Update:
 
     target: BundleRef
     rollout_id: str | None
+    #: Identifies the desired message that started it (see AgentState.failed_desired).
+    key: str
     store: ChunkStore | None = None
     topics: set[str] = field(default_factory=set)
     last_progress_report: int = 0
@@ -218,7 +219,7 @@ class Agent:
                 log.error("installed model unusable device=%s model=%s error=%s", self.config.device_id, ref.label, exc)
                 continue
             if ref != self.state.active:
-                self.state = AgentState(active=ref, previous=None, failed_digest=self.state.failed_digest)
+                self.state = AgentState(active=ref, previous=None, failed_desired=self.state.failed_desired)
                 save_state(self.state_path, self.state)
             self.phase = UpdatePhase.COMMITTED
             log.info("serving installed model device=%s model=%s", self.config.device_id, ref.label)
@@ -250,7 +251,8 @@ class Agent:
         ref = desired.bundle
         expected_topic = manifest_topic(self.config.fleet, ref.digest)
         if desired.manifest_topic != expected_topic:
-            self._event(EventKind.DESIRED_REJECTED, f"manifest topic {desired.manifest_topic!r} is not {expected_topic!r}")
+            why = f"manifest topic {desired.manifest_topic!r} is not {expected_topic!r}"
+            self._event(EventKind.DESIRED_REJECTED, why)
             return
         if self.active is not None and self.active.ref.digest == ref.digest:
             if self.update is not None:
@@ -259,7 +261,7 @@ class Agent:
             return
         if self.update is not None and self.update.target.digest == ref.digest:
             return
-        if self.state.failed_digest == ref.digest:
+        if self.state.failed_desired == _desired_key(desired):
             log.info("desired version failed before; waiting for a new one device=%s model=%s",
                      self.config.device_id, ref.label)
             self._publish_reported()
@@ -267,7 +269,7 @@ class Agent:
         if self.update is not None:
             self._cancel_update()
         self.last_error = None
-        self.update = Update(target=ref, rollout_id=desired.rollout_id)
+        self.update = Update(target=ref, rollout_id=desired.rollout_id, key=_desired_key(desired))
         self._subscribe_artifacts(expected_topic)
         self._event(EventKind.UPDATE_STARTED, f"fetching {ref.label}", ref)
         self._set_phase(UpdatePhase.FETCHING)
@@ -352,7 +354,7 @@ class Agent:
         with self._model_lock:
             previous = self.active.ref if self.active else self.state.previous
             self.active = loaded
-        self.state = AgentState(active=target, previous=previous, failed_digest=None)
+        self.state = AgentState(active=target, previous=previous, failed_desired=None)
         save_state(self.state_path, self.state)
         update.store.discard()
         self.update = None
@@ -371,7 +373,7 @@ class Agent:
         if update.store is not None:
             update.store.discard()
         self.state = AgentState(active=self.state.active, previous=self.state.previous,
-                                failed_digest=update.target.digest)
+                                failed_desired=update.key)
         save_state(self.state_path, self.state)
         self._event(kind, str(exc), update.target)
         if kind is not EventKind.UPDATE_FAILED:
@@ -521,6 +523,10 @@ class Agent:
             self.predict(next(inputs))
         except (InferenceInputError, ModelLoadError) as exc:
             log.debug("simulated inference failed device=%s error=%s", self.config.device_id, exc)
+
+
+def _desired_key(desired: Desired) -> str:
+    return f"{desired.bundle.digest}@{desired.issued_at}"
 
 
 def _finite(value: float) -> float | None:

@@ -6,6 +6,7 @@ import logging
 import resource
 import sys
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -13,22 +14,23 @@ THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 class ResourceSampler:
     def __init__(self) -> None:
+        self._process: Any = None
         try:
             import psutil
 
-            self._process: object | None = psutil.Process()
-            self._process.cpu_percent(None)  # type: ignore[attr-defined]
+            self._process = psutil.Process()
+            self._process.cpu_percent(None)
         except ImportError:
-            self._process = None
+            log.info("psutil not installed: telemetry has no cpu_percent")
 
     def cpu_percent(self) -> float | None:
         if self._process is None:
             return None
-        return float(self._process.cpu_percent(None))  # type: ignore[attr-defined]
+        return float(self._process.cpu_percent(None))
 
     def rss_mb(self) -> float:
         if self._process is not None:
-            return round(self._process.memory_info().rss / 2**20, 2)  # type: ignore[attr-defined]
+            return round(float(self._process.memory_info().rss) / 2**20, 2)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 2)
 

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 class AgentState(Message):
     active: BundleRef | None = None
     previous: BundleRef | None = None
-    #: A digest whose update failed; a re-delivered desired message for it is not retried.
-    failed_digest: str | None = None
+    #: The desired message (``digest@issued_at``) whose update failed. The same message delivered
+    #: again (reconnect, restart) is not retried, so a bad bundle cannot cause an update loop; a new
+    #: desired message for the same digest (a new deployment) is.
+    failed_desired: str | None = None
 
 
 def load_state(path: Path) -> AgentState:

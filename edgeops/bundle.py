@@ -168,7 +168,7 @@ def build_bundle(
 def _smoke_input(shape: list[int | None], dtype: str, reference: np.ndarray | None) -> np.ndarray:
     if reference is not None and reference.ndim == len(shape):
         rows = np.asarray(reference[:SMOKE_ROWS], dtype=dtype)
-        if all(d is None or d == s for d, s in zip(shape[1:], rows.shape[1:])):
+        if all(d is None or d == s for d, s in zip(shape[1:], rows.shape[1:], strict=True)):
             return rows
         raise BundleError(f"reference rows of shape {list(reference.shape)} do not fit model input {shape}")
     concrete = [SMOKE_ROWS if d is None else d for d in shape]

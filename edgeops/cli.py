@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -16,10 +15,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from edgeops import __version__
+from edgeops.cli_common import (
+    DEFAULT_HOME,
+    BrokerOpt,
+    FleetOpt,
+    HomeOpt,
+    JsonOpt,
+    console,
+    err_console,
+    open_home,
+)
+from edgeops.cli_model import model_app
 from edgeops.errors import ConfigError, EdgeOpsError
 
 app = typer.Typer(
@@ -28,20 +37,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-model_app = typer.Typer(help="Package and list model versions.", no_args_is_help=True)
 devices_app = typer.Typer(help="See the devices of a fleet.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
 app.add_typer(devices_app, name="devices")
-
-console = Console()
-err_console = Console(stderr=True)
-
-DEFAULT_HOME = Path(os.environ.get("EDGEOPS_HOME", str(Path.home() / ".edgeops")))
-HomeOpt = Annotated[Path, typer.Option("--home", envvar="EDGEOPS_HOME", help="Server state: store and registry.")]
-FleetOpt = Annotated[str, typer.Option("--fleet", envvar="EDGEOPS_FLEET", help="Fleet name (topic namespace).")]
-BrokerOpt = Annotated[str, typer.Option("--broker", envvar="EDGEOPS_BROKER", help="MQTT broker host:port.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
+app.add_typer(model_app, name="model")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -144,67 +142,6 @@ def agent(
     Agent(config).run(_stop_on_signals())
 
 
-def _open_home(home: Path) -> tuple[Any, Any]:
-    from fleet_server.registry import Registry
-    from fleet_server.store import Store
-
-    return Store(home / "edgeops.db"), Registry(home / "registry")
-
-
-def _load_reference(path: Path | None) -> Any:
-    if path is None:
-        return None
-    import numpy as np
-
-    try:
-        with np.load(path) as data:
-            if "X" not in data:
-                raise ConfigError(f"{path}: expected an array named 'X' (rows of model input)")
-            return data["X"]
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read reference data {path}: {exc}") from exc
-
-
-@model_app.command("add")
-def model_add(
-    model_path: Annotated[Path, typer.Argument(help="An .onnx model file.")],
-    name: Annotated[str, typer.Option(help="Model name.")],
-    version: Annotated[str, typer.Option(help="Version label (immutable once added).")],
-    reference: Annotated[
-        Path | None, typer.Option(help=".npz with array X: calibration rows for drift reference and smoke tests.")
-    ] = None,
-    home: HomeOpt = DEFAULT_HOME,
-) -> None:
-    """Package a model into a bundle and add it to the registry."""
-    from fleet_server.registry import add_model
-
-    if not model_path.is_file():
-        raise ConfigError(f"no model file at {model_path}")
-    store, registry = _open_home(home)
-    with console.status(f"packaging {name}:{version}"):
-        row, created = add_model(
-            store, registry, model_path, name=name, version=version, reference=_load_reference(reference),
-            created_by=os.environ.get("USER", ""),
-        )
-    state = "added" if created else "already present"
-    console.print(f"{row.label} {state}: digest {row.digest[:12]}, {row.size_bytes} bytes, {row.runtime}")
-
-
-@model_app.command("list")
-def model_list(home: HomeOpt = DEFAULT_HOME, as_json: JsonOpt = False) -> None:
-    """List model versions in the registry."""
-    store, _ = _open_home(home)
-    rows = store.models()
-    if as_json:
-        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
-        return
-    table = Table("model", "version", "digest", "runtime", "size", "created", "parent")
-    for r in rows:
-        table.add_row(r.name, r.version, r.digest[:12], r.runtime, f"{r.size_bytes:,}", r.created_at,
-                      r.parent_version or "")
-    console.print(table)
-
-
 def _parse_model_ref(text: str) -> tuple[str, str]:
     name, sep, version = text.partition(":")
     if not sep or not name or not version:
@@ -224,7 +161,7 @@ def deploy(
     from fleet_server.store import ALL_DEVICES
 
     name, version = _parse_model_ref(model)
-    store, _ = _open_home(home)
+    store, _ = open_home(home)
     row = store.model(name, version)
     if devices != ALL_DEVICES:
         ids = [d.strip() for d in devices.split(",") if d.strip()]
@@ -256,12 +193,16 @@ def _age(ms: int | None) -> str:
 
 
 def devices_table(rows: list[Any]) -> Table:
-    table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry", "error")
+    show_errors = any(d.last_error for d in rows)
+    table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry")
+    table.columns[0].no_wrap = table.columns[2].no_wrap = True
+    if show_errors:
+        table.add_column("last error", overflow="fold")
     for d in rows:
         t = d.last_telemetry or {}
         p95 = t.get("latency_ms_p95")
         drift = t.get("drift_score")
-        table.add_row(
+        cells = [
             d.device_id,
             "[green]online[/]" if d.online else "[red]offline[/]",
             d.active_label or "-",
@@ -270,15 +211,17 @@ def devices_table(rows: list[Any]) -> Table:
             f"{p95:.3f}" if p95 is not None else "-",
             f"{drift:.3f}" if drift is not None else "-",
             _age(d.last_telemetry_ms),
-            (d.last_error or "")[:60],
-        )
+        ]
+        if show_errors:
+            cells.append((d.last_error or "")[:120])
+        table.add_row(*cells)
     return table
 
 
 @devices_app.command("list")
 def devices_list(home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", as_json: JsonOpt = False) -> None:
     """Every device with its running version, online state and last telemetry."""
-    store, _ = _open_home(home)
+    store, _ = open_home(home)
     rows = store.devices(fleet)
     if as_json:
         sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")

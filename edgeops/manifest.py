@@ -11,11 +11,11 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from edgeops.errors import ChecksumError, ManifestError
 from edgeops.protocol import ID_PATTERN, BundleRef
-from edgeops.schema import Message, Record, canonical_json, constrained
+from edgeops.schema import MaxLen, Message, Pattern, Range, Record, canonical_json
 
 SHA256_PATTERN = r"[0-9a-f]{64}"
 FILE_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
@@ -32,39 +32,46 @@ class Runtime(str, enum.Enum):
     TFLITE = "tflite"
 
 
+Sha256 = Annotated[str, Pattern(SHA256_PATTERN)]
+FileName = Annotated[str, Pattern(FILE_PATTERN)]
+DType = Annotated[str, Pattern(DTYPE_PATTERN)]
+Size = Annotated[int, Range(ge=0)]
+TensorName = Annotated[str, MaxLen(256)]
+
+
 @dataclass(frozen=True)
 class TensorSpec(Record):
     """A model input or output; ``None`` in the shape is a free (batch) dimension."""
 
-    name: str = constrained(max_len=256)
-    dtype: str = constrained(pattern=DTYPE_PATTERN)
-    shape: list[int | None] = constrained(max_len=8)
+    name: TensorName
+    dtype: DType
+    shape: Annotated[list[int | None], MaxLen(8)]
 
 
 @dataclass(frozen=True)
 class FileEntry(Record):
-    path: str = constrained(pattern=FILE_PATTERN)
-    sha256: str = constrained(pattern=SHA256_PATTERN)
-    size: int = constrained(ge=0)
+    path: FileName
+    sha256: Sha256
+    size: Size
 
 
 @dataclass(frozen=True)
 class ChunkEntry(Record):
     """Transfer chunk ``index``: ``size`` bytes of ``file`` starting at ``offset``."""
 
-    index: int = constrained(ge=0)
-    file: str = constrained(pattern=FILE_PATTERN)
-    offset: int = constrained(ge=0)
-    size: int = constrained(ge=1, le=MAX_CHUNK_SIZE)
-    sha256: str = constrained(pattern=SHA256_PATTERN)
+    index: Size
+    file: FileName
+    offset: Size
+    size: Annotated[int, Range(ge=1, le=MAX_CHUNK_SIZE)]
+    sha256: Sha256
 
 
 @dataclass(frozen=True)
 class SmokeTensor(Record):
-    name: str = constrained(max_len=256)
-    dtype: str = constrained(pattern=DTYPE_PATTERN)
-    shape: list[int] = constrained(max_len=8)
-    data: list[float] = constrained(max_len=65536)
+    name: TensorName
+    dtype: DType
+    shape: Annotated[list[int], MaxLen(8)]
+    data: Annotated[list[float], MaxLen(65536)]
 
 
 @dataclass(frozen=True)
@@ -73,25 +80,27 @@ class SmokeTest(Record):
 
     inputs: list[SmokeTensor]
     outputs: list[SmokeTensor]
-    atol: float = constrained(1e-4, ge=0)
-    rtol: float = constrained(1e-3, ge=0)
+    atol: Annotated[float, Range(ge=0)] = 1e-4
+    rtol: Annotated[float, Range(ge=0)] = 1e-3
 
 
 @dataclass(frozen=True)
 class Manifest(Message):
-    name: str = constrained(pattern=ID_PATTERN)
-    version: str = constrained(pattern=VERSION_PATTERN)
+    """Everything a device needs to know about a model version before trusting its bytes."""
+
+    name: Annotated[str, Pattern(ID_PATTERN)]
+    version: Annotated[str, Pattern(VERSION_PATTERN)]
     runtime: Runtime
-    model_file: str = constrained(pattern=FILE_PATTERN)
-    inputs: list[TensorSpec] = constrained(max_len=64)
-    outputs: list[TensorSpec] = constrained(max_len=64)
-    files: list[FileEntry] = constrained(max_len=16)
-    chunk_size: int = constrained(ge=1, le=MAX_CHUNK_SIZE)
-    chunks: list[ChunkEntry] = constrained(max_len=100_000)
-    created_at: str = constrained(pattern=r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-    created_by: str = constrained("", max_len=256)
+    model_file: FileName
+    inputs: Annotated[list[TensorSpec], MaxLen(64)]
+    outputs: Annotated[list[TensorSpec], MaxLen(64)]
+    files: Annotated[list[FileEntry], MaxLen(16)]
+    chunk_size: Annotated[int, Range(ge=1, le=MAX_CHUNK_SIZE)]
+    chunks: Annotated[list[ChunkEntry], MaxLen(100_000)]
+    created_at: Annotated[str, Pattern(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")]
+    created_by: Annotated[str, MaxLen(256)] = ""
     parent_version: str | None = None
-    drift_reference_file: str | None = None
+    drift_reference_file: FileName | None = None
     smoke: SmokeTest | None = None
     quantization: dict[str, Any] | None = None
     validation: dict[str, float] | None = None

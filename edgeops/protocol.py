@@ -16,20 +16,20 @@ Topic tree (``{root}`` is ``edgeops/v1/{fleet}``)::
     {root}/devices/{device}/desired      -> device retained   Desired (version to run)
     {root}/devices/{device}/cmd          -> device            Command
     {root}/devices/{device}/cmd/reply    device ->            CommandReply
-    {root}/bundles/{digest}/manifest     -> devices retained  Manifest JSON (edgeops.bundle)
+    {root}/bundles/{digest}/manifest     -> devices retained  Manifest JSON (edgeops.manifest)
+    {root}/bundles/{digest}/signature    -> devices retained  BundleSignature over the manifest bytes
     {root}/bundles/{digest}/chunks/{i}   -> devices retained  raw bytes of transfer chunk i
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from edgeops.errors import TopicError
-from edgeops.schema import Message, Record, constrained
+from edgeops.schema import MaxLen, Message, Pattern, Range, Record
 
 PROTOCOL_NAME = "edgeops"
 PROTOCOL_VERSION = "v1"
@@ -99,6 +99,10 @@ def manifest_topic(fleet: str, digest: str) -> str:
     return f"{fleet_root(fleet)}/bundles/{check_digest(digest)}/manifest"
 
 
+def signature_topic(fleet: str, digest: str) -> str:
+    return f"{fleet_root(fleet)}/bundles/{check_digest(digest)}/signature"
+
+
 def chunk_topic(fleet: str, digest: str, index: int) -> str:
     if type(index) is not int or index < 0:
         raise TopicError(f"invalid chunk index {index!r}")
@@ -118,6 +122,7 @@ def bundle_filter(fleet: str) -> str:
 class TopicKind(str, enum.Enum):
     DEVICE = "device"
     MANIFEST = "manifest"
+    SIGNATURE = "signature"
     CHUNK = "chunk"
 
 
@@ -152,6 +157,8 @@ def parse_topic(topic: str) -> ParsedTopic:
         digest = check_digest(parts[4])
         if parts[5:] == ["manifest"]:
             return ParsedTopic(fleet, TopicKind.MANIFEST, digest=digest)
+        if parts[5:] == ["signature"]:
+            return ParsedTopic(fleet, TopicKind.SIGNATURE, digest=digest)
         if len(parts) == 7 and parts[5] == "chunks" and parts[6].isdigit() and len(parts[6]) < 10:
             return ParsedTopic(fleet, TopicKind.CHUNK, digest=digest, chunk_index=int(parts[6]))
     raise TopicError(f"unknown topic {topic!r}")
@@ -196,17 +203,23 @@ class CommandName(str, enum.Enum):
     REPORT = "report"
 
 
-_ID = dict(pattern=ID_PATTERN)
-_DIGEST = dict(pattern=DIGEST_PATTERN)
+DeviceId = Annotated[str, Pattern(ID_PATTERN)]
+Digest = Annotated[str, Pattern(DIGEST_PATTERN)]
+Version = Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")]
+EpochMs = Annotated[int, Range(ge=0)]
+Count = Annotated[int, Range(ge=0)]
+WindowId = Annotated[str, Pattern(r"[A-Za-z0-9_.:-]{1,128}")]
+CorrelationId = Annotated[str, Pattern(r"[A-Za-z0-9_.:-]{1,64}")]
+Text = Annotated[str, MaxLen(2000)]
 
 
 @dataclass(frozen=True)
 class BundleRef(Record):
     """A model version as devices know it: name, version and the digest that pins its bytes."""
 
-    name: str = constrained(**_ID)
-    version: str = constrained(pattern=r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
-    digest: str = constrained(**_DIGEST)
+    name: DeviceId
+    version: Version
+    digest: Digest
 
     @property
     def label(self) -> str:
@@ -215,55 +228,81 @@ class BundleRef(Record):
 
 @dataclass(frozen=True)
 class ErrorInfo(Record):
-    code: str = constrained(pattern=r"[a-z][a-z0-9_]{0,63}")
-    message: str = constrained(max_len=2000)
+    """An error as it travels: a stable code (``EdgeOpsError.code``) and a human message."""
+
+    code: Annotated[str, Pattern(r"[a-z][a-z0-9_]{0,63}")]
+    message: Text
+
+
+@dataclass(frozen=True)
+class Signature(Record):
+    """A detached Ed25519 signature; ``key_id`` names the key in the verifier's trust list.
+
+    What is signed: for a bundle, the canonical manifest bytes; for a desired message, the
+    canonical JSON of the message without its ``signature`` field (edgeops.signing).
+    """
+
+    algorithm: Annotated[str, Pattern("ed25519")]
+    key_id: Annotated[str, Pattern(r"[0-9a-f]{16}")]
+    value: Annotated[str, Pattern(r"[A-Za-z0-9+/]{86}==")]
+
+
+@dataclass(frozen=True)
+class BundleSignature(Message):
+    """Published retained next to the manifest; the same JSON is ``manifest.sig`` inside the bundle."""
+
+    signature: Signature
 
 
 @dataclass(frozen=True)
 class Status(Message):
     """Presence. Retained; the agent's last will is the same message with ``offline``."""
 
-    device_id: str = constrained(**_ID)
+    device_id: DeviceId
     state: Presence
-    ts: int = constrained(ge=0, doc="epoch milliseconds")
+    ts: EpochMs
     agent_version: str = ""
     active: BundleRef | None = None
-    hardware: dict[str, str] = constrained({}, max_len=32)
+    hardware: Annotated[dict[str, str], MaxLen(32)] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Reported(Message):
     """What the device really runs and how far its current update got. Retained."""
 
-    device_id: str = constrained(**_ID)
-    ts: int = constrained(ge=0)
+    device_id: DeviceId
+    ts: EpochMs
     phase: UpdatePhase
     active: BundleRef | None = None
     previous: BundleRef | None = None
     target: BundleRef | None = None
     rollout_id: str | None = None
-    chunks_have: int = constrained(0, ge=0)
-    chunks_total: int = constrained(0, ge=0)
+    chunks_have: Count = 0
+    chunks_total: Count = 0
     last_error: ErrorInfo | None = None
 
 
 @dataclass(frozen=True)
 class Telemetry(Message):
-    """One window of measurements. Flat, with units in the names, so any MQTT dashboard can chart it."""
+    """One window of measurements. Flat, with units in the names, so any MQTT dashboard can chart it.
 
-    device_id: str = constrained(**_ID)
-    window_id: str = constrained(pattern=r"[A-Za-z0-9_.:-]{1,128}", doc="unique per window; dedup key")
-    ts: int = constrained(ge=0, doc="window end, epoch milliseconds")
-    window_s: float = constrained(ge=0)
+    ``window_id`` is unique per window (device, boot, sequence): the server drops QoS 1 duplicates
+    by it. ``ts`` is the window's end in epoch milliseconds.
+    """
+
+    device_id: DeviceId
+    window_id: WindowId
+    ts: EpochMs
+    window_s: Annotated[float, Range(ge=0)]
     model: str | None = None
     model_version: str | None = None
-    inferences: int = constrained(0, ge=0)
-    errors: int = constrained(0, ge=0)
+    inferences: Count = 0
+    errors: Count = 0
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
     drift_score: float | None = None
-    drift_features_over: int = constrained(0, ge=0)
+    drift_features_over: Count = 0
     cpu_percent: float | None = None
     rss_mb: float | None = None
     temperature_c: float | None = None
@@ -273,7 +312,7 @@ class Telemetry(Message):
 class FeatureDriftDetail(Record):
     """One feature's drift; ``None`` where a statistic is undefined (e.g. no finite samples)."""
 
-    index: int = constrained(ge=0)
+    index: Count
     psi: float | None
     js_distance: float | None
     ks_statistic: float | None
@@ -288,21 +327,21 @@ class FeatureDriftDetail(Record):
 class DriftDetail(Message):
     """Per-feature drift for the window named by ``window_id``."""
 
-    device_id: str = constrained(**_ID)
-    window_id: str = constrained(pattern=r"[A-Za-z0-9_.:-]{1,128}")
-    ts: int = constrained(ge=0)
-    n_samples: int = constrained(ge=0)
+    device_id: DeviceId
+    window_id: WindowId
+    ts: EpochMs
+    n_samples: Count
     overall_score: float
-    drifted_features: list[int] = constrained(max_len=4096)
-    features: list[FeatureDriftDetail] = constrained(max_len=4096)
+    drifted_features: Annotated[list[int], MaxLen(4096)]
+    features: Annotated[list[FeatureDriftDetail], MaxLen(4096)]
 
 
 @dataclass(frozen=True)
 class Event(Message):
-    device_id: str = constrained(**_ID)
-    ts: int = constrained(ge=0)
+    device_id: DeviceId
+    ts: EpochMs
     kind: EventKind
-    message: str = constrained("", max_len=2000)
+    message: Text = ""
     bundle: BundleRef | None = None
     error: ErrorInfo | None = None
 
@@ -313,23 +352,25 @@ class Desired(Message):
 
     bundle: BundleRef
     manifest_topic: str
-    issued_at: int = constrained(ge=0, doc="epoch milliseconds")
+    issued_at: EpochMs
     rollout_id: str | None = None
+    #: Marks a deliberate downgrade; an agent refuses an older version without it.
     rollback: bool = False
+    signature: Signature | None = None
 
 
 @dataclass(frozen=True)
 class Command(Message):
-    correlation_id: str = constrained(pattern=r"[A-Za-z0-9_.:-]{1,64}")
+    correlation_id: CorrelationId
     command: CommandName
-    args: dict[str, str] = constrained({}, max_len=32)
+    args: Annotated[dict[str, str], MaxLen(32)] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class CommandReply(Message):
-    correlation_id: str = constrained(pattern=r"[A-Za-z0-9_.:-]{1,64}")
+    correlation_id: CorrelationId
     ok: bool
-    result: dict[str, Any] = constrained({}, max_len=256)
+    result: Annotated[dict[str, Any], MaxLen(256)] = field(default_factory=dict)
     error: ErrorInfo | None = None
 
 
@@ -357,4 +398,3 @@ def device_id_mismatch(parsed: ParsedTopic, message: Message) -> bool:
     return claimed is not None and claimed != parsed.device_id
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in {"annotations", "dataclasses"}]

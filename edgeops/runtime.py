@@ -62,7 +62,7 @@ def check_input(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             f"input {spec.name!r}: {array.ndim}-D array of shape {list(array.shape)} where shape "
             f"{_shape_text(spec.shape)} is expected"
         )
-    for got, want_dim in zip(array.shape, spec.shape):
+    for got, want_dim in zip(array.shape, spec.shape, strict=True):
         if want_dim is not None and got != want_dim:
             raise InferenceInputError(
                 f"input {spec.name!r}: shape {list(array.shape)} where {_shape_text(spec.shape)} is expected"
@@ -106,7 +106,7 @@ class OnnxModel:
             raise InferenceInputError(f"inputs {sorted(feeds)} where {sorted(expected)} are expected")
         checked = {s.name: check_input(s, feeds[s.name]) for s in self.inputs}
         results = self._session.run(self._output_names, checked)
-        return dict(zip(self._output_names, results))
+        return dict(zip(self._output_names, results, strict=True))
 
 
 def load_model(path: Path, runtime: Runtime, intra_op_threads: int = 1) -> Model:

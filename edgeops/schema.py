@@ -15,7 +15,7 @@ import json
 import math
 import re
 import types
-from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from edgeops.errors import PayloadDecodeError, SchemaValidationError, SchemaVersionError
 
@@ -25,65 +25,84 @@ MAX_JSON_BYTES = 1024 * 1024
 R = TypeVar("R", bound="Record")
 
 
-def constrained(
-    default: Any = dataclasses.MISSING,
-    *,
-    pattern: str | None = None,
-    ge: float | None = None,
-    le: float | None = None,
-    max_len: int | None = None,
-    doc: str = "",
-) -> Any:
-    """A dataclass field with value constraints checked on decode and on construction."""
-    meta: dict[str, Any] = {"doc": doc}
-    if pattern is not None:
-        meta["pattern"] = re.compile(pattern)
-    if ge is not None:
-        meta["ge"] = ge
-    if le is not None:
-        meta["le"] = le
-    if max_len is not None:
-        meta["max_len"] = max_len
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=meta)
-    if isinstance(default, (list, dict)):
-        factory = type(default)
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """Constraint: a string must match ``regex`` in full. Use as ``Annotated[str, Pattern(...)]``."""
+
+    regex: str
+
+    def check(self, value: Any, path: str) -> None:
+        if isinstance(value, str) and not _compiled(self.regex).fullmatch(value):
+            raise _fail(path, f"{value[:80]!r} does not match {self.regex}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Constraint: a number must lie in [ge, le]."""
+
+    ge: float | None = None
+    le: float | None = None
+
+    def check(self, value: Any, path: str) -> None:
+        if self.ge is not None and value < self.ge:
+            raise _fail(path, f"{value} is below the minimum {self.ge}")
+        if self.le is not None and value > self.le:
+            raise _fail(path, f"{value} is above the maximum {self.le}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxLen:
+    """Constraint: a string, list or object has at most ``n`` elements."""
+
+    n: int
+
+    def check(self, value: Any, path: str) -> None:
+        if len(value) > self.n:
+            raise _fail(path, f"length {len(value)} exceeds {self.n}")
+
+
+Constraint = Pattern | Range | MaxLen
 
 
 @functools.cache
+def _compiled(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+_FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = get_type_hints(cls, include_extras=True)
+    return hints
 
 
-@functools.cache
 def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    return tuple(f for f in dataclasses.fields(cls) if f.init)
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple(f for f in dataclasses.fields(cls) if f.init)
+    return fields
 
 
 def _fail(path: str, why: str) -> SchemaValidationError:
     return SchemaValidationError(f"{path}: {why}")
 
 
-def _apply_constraints(value: Any, meta: Any, path: str) -> None:
-    if value is None or not meta:
-        return
-    pattern = meta.get("pattern")
-    if pattern is not None and isinstance(value, str) and not pattern.fullmatch(value):
-        raise _fail(path, f"{value[:80]!r} does not match {pattern.pattern}")
-    if "ge" in meta and isinstance(value, (int, float)) and value < meta["ge"]:
-        raise _fail(path, f"{value} is below the minimum {meta['ge']}")
-    if "le" in meta and isinstance(value, (int, float)) and value > meta["le"]:
-        raise _fail(path, f"{value} is above the maximum {meta['le']}")
-    if "max_len" in meta and hasattr(value, "__len__") and len(value) > meta["max_len"]:
-        raise _fail(path, f"length {len(value)} exceeds {meta['max_len']}")
-
-
-def _decode_value(value: Any, tp: Any, path: str) -> Any:  # noqa: PLR0911 - one branch per JSON type
+def _decode_value(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *constraints = get_args(tp)
+        decoded = _decode_value(value, base, path)
+        if decoded is not None:
+            for constraint in constraints:
+                if isinstance(constraint, (Pattern, Range, MaxLen)):
+                    constraint.check(decoded, path)
+        return decoded
     if origin is Union or origin is types.UnionType:
         args = get_args(tp)
         if value is None:
@@ -177,9 +196,7 @@ class Record:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise _fail(fpath, "is required")
                 continue
-            value = _decode_value(data[f.name], hints[f.name], fpath)
-            _apply_constraints(value, f.metadata, fpath)
-            kwargs[f.name] = value
+            kwargs[f.name] = _decode_value(data[f.name], hints[f.name], fpath)
         return cls(**kwargs)
 
     @classmethod

@@ -205,7 +205,8 @@ class DropLog:
         if self.counts[source] == 1:
             code = getattr(error, "code", type(error).__name__)
             self._logger.warning(
-                "dropped invalid message source=%s topic=%s code=%s error=%s (further ones from this source are counted, not logged)",
+                "dropped invalid message source=%s topic=%s code=%s error=%s "
+                "(further ones from this source are counted, not logged)",
                 source,
                 topic,
                 code,

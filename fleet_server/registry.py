@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeops.bundle import Bundle, build_bundle, open_bundle
+from edgeops.bundle import Bundle, build_bundle, open_bundle, sha256_hex
+from edgeops.errors import BundleError, ConfigError
+from edgeops.manifest import Manifest
 from edgeops.protocol import check_digest
 from fleet_server.store import ModelRow, Store
 
@@ -54,7 +56,21 @@ def add_model(
     created_by: str = "",
     **build_options: Any,
 ) -> tuple[ModelRow, bool]:
-    """Package a model file into the registry and record it; returns the row and whether it is new."""
+    """Package a model file into the registry and record it; returns the row and whether it is new.
+
+    Adding the same model file under an existing name and version again is a no-op (the bundle is
+    not rebuilt, so its creation time and digest stay); a different file under it is refused.
+    """
+    existing = store.find_model(name, version)
+    if existing is not None:
+        manifest = Manifest.decode(store.manifest_json(name, version))
+        try:
+            same = manifest.file(manifest.model_file).sha256 == sha256_hex(model_path.read_bytes())
+        except OSError as exc:
+            raise BundleError(f"cannot read {model_path}: {exc.strerror}") from exc
+        if not same:
+            raise ConfigError(f"{existing.label} already exists with different content; pick a new version")
+        return existing, False
     parent = max((m for m in store.models() if m.name == name), key=lambda m: m.created_at, default=None)
     with tempfile.TemporaryDirectory(prefix="edgeops-bundle-") as tmp:
         out = Path(tmp) / "bundle.zip"

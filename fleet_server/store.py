@@ -210,6 +210,18 @@ class Store:
             raise NotFoundError(f"unknown model version {name}:{version}{hint}")
         return ModelRow(**dict(rows[0]))
 
+    def find_model(self, name: str, version: str) -> ModelRow | None:
+        try:
+            return self.model(name, version)
+        except NotFoundError:
+            return None
+
+    def manifest_json(self, name: str, version: str) -> str:
+        rows = self._query("SELECT manifest_json FROM models WHERE name=? AND version=?", (name, version))
+        if not rows:
+            raise NotFoundError(f"unknown model version {name}:{version}")
+        return str(rows[0]["manifest_json"])
+
     def model_by_digest(self, digest: str) -> ModelRow:
         rows = self._query(
             "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models WHERE digest=?",

@@ -27,6 +27,9 @@ EXAMPLES: list[p.Message] = [
                   drifted_features=[1], features=[p.FeatureDriftDetail(1, 0.3, 0.2, 0.1, 0.01, 0.5, 1.2, 0.0, None)]),
     p.Event(device_id="d1", ts=5, kind=p.EventKind.UPDATE_FAILED, message="bad", bundle=REF, error=ERR),
     p.Desired(bundle=REF, manifest_topic=p.manifest_topic("f", DIGEST), issued_at=6, rollout_id=None, rollback=True),
+    p.Desired(bundle=REF, manifest_topic="t", issued_at=6,
+              signature=p.Signature(algorithm="ed25519", key_id="0123456789abcdef", value="A" * 86 + "==")),
+    p.BundleSignature(signature=p.Signature(algorithm="ed25519", key_id="0123456789abcdef", value="A" * 86 + "==")),
     p.Command(correlation_id="c-1", command=p.CommandName.PING, args={"a": "b"}),
     p.CommandReply(correlation_id="c-1", ok=True, result={"ts": 7, "nested": {"x": [1, 2]}}),
 ]
@@ -114,6 +117,8 @@ def test_topics_build_and_parse_back() -> None:
             "fleet-a", p.TopicKind.DEVICE, "dev.1", channel)
     parsed = p.parse_topic(p.manifest_topic("f", DIGEST))
     assert (parsed.kind, parsed.digest) == (p.TopicKind.MANIFEST, DIGEST)
+    parsed = p.parse_topic(p.signature_topic("f", DIGEST))
+    assert (parsed.kind, parsed.digest) == (p.TopicKind.SIGNATURE, DIGEST)
     parsed = p.parse_topic(p.chunk_topic("f", DIGEST, 12))
     assert (parsed.kind, parsed.digest, parsed.chunk_index) == (p.TopicKind.CHUNK, DIGEST, 12)
     assert p.device_filter("f", p.DeviceChannel.STATUS) == "edgeops/v1/f/devices/+/status"

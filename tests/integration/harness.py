@@ -1,0 +1,132 @@
+"""Real brokers and real processes for the integration tests (fixtures in conftest.py).
+
+Every test that needs a broker runs twice: against Mosquitto (started here on a free port with a
+generated configuration) and against the embedded amqtt broker (``edgeops broker``). A missing
+Mosquitto binary fails the run: it is never a silent skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeops.broker import free_port, mosquitto_config, wait_for_port
+from edgeops.processes import ManagedProcess
+from edgeops.transport import BrokerAddress, Inbound, LinkChange, MqttTransport
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto; .ci/run does this)", pytrace=False)
+    return found
+
+
+class BrokerHandle:
+    """A broker on a fixed free port that a test can stop and start again."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        self.address = BrokerAddress("127.0.0.1", self.port)
+        self._proc: subprocess.Popen[bytes] | ManagedProcess | None = None
+        self._log = workdir / f"{kind}.log"
+
+    def start(self) -> None:
+        if self.kind == "mosquitto":
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(mosquitto_config(self.port) + f"log_dest file {self._log}\n")
+            self._proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            self._proc = ManagedProcess("broker", ["broker", "--port", str(self.port)], self._log)
+        wait_for_port("127.0.0.1", self.port, timeout_s=15)
+
+    def stop(self) -> None:
+        if isinstance(self._proc, ManagedProcess):
+            self._proc.stop()
+        elif self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Processes:
+    """Starts edgeops processes for one test and stops every one of them afterwards."""
+
+    root: Path
+    started: list[ManagedProcess] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> ManagedProcess:
+        proc = ManagedProcess(name, list(args), self.root / "logs" / f"{name}.log")
+        self.started.append(proc)
+        return proc
+
+    def server(self, home: Path, broker: BrokerHandle, fleet: str = "default") -> ManagedProcess:
+        return self.start("server", "server", "--home", str(home), "--broker", str(broker.address),
+                          "--fleet", fleet)
+
+    def agent(self, device_id: str, broker: BrokerHandle, fleet: str = "default", **opts: Any) -> ManagedProcess:
+        args = ["agent", "--device-id", device_id, "--data-dir", str(self.root / "devices" / device_id),
+                "--broker", str(broker.address), "--fleet", fleet,
+                "--telemetry-interval", str(opts.get("telemetry_interval", 1.0)),
+                "--inference-interval", str(opts.get("inference_interval", 0.02))]
+        return self.start(device_id, *args)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}", pytrace=False)
+        time.sleep(interval_s)
+
+
+class Listener:
+    """A test-side MQTT client that records everything it receives, by topic."""
+
+    def __init__(self, broker: BrokerHandle, *filters: str, client_id: str = "test-listener") -> None:
+        self.transport = MqttTransport(client_id, broker.address, clean_session=True, reconnect_min_s=1)
+        self.transport.subscribe(*filters)
+        self.messages: list[Inbound] = []
+        self.transport.start()
+        self.transport.wait_connected(10)
+
+    def pump(self) -> list[Inbound]:
+        while not self.transport.inbox.empty():
+            item = self.transport.inbox.get_nowait()
+            if not isinstance(item, LinkChange):
+                self.messages.append(item)
+        return self.messages
+
+    def on(self, topic: str) -> list[Inbound]:
+        return [m for m in self.pump() if m.topic == topic]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.transport.publish(topic, payload, retain=retain).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.transport.stop()

@@ -1,0 +1,167 @@
+"""The agent against a real broker, with the test in the server's place so it can misbehave."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeops.bundle import Bundle, build_bundle
+from edgeops.examples import TrainedExample
+from edgeops.manifest import bundle_ref
+from edgeops.protocol import (
+    Desired,
+    DeviceChannel,
+    Event,
+    EventKind,
+    Reported,
+    Telemetry,
+    UpdatePhase,
+    chunk_topic,
+    device_filter,
+    device_topic,
+    manifest_topic,
+)
+from tests.integration.harness import BrokerHandle, Listener, Processes, wait_until
+
+pytestmark = pytest.mark.integration
+FLEET = "test"
+DEVICE = "dev-a"
+
+
+def publish_bundle(listener: Listener, bundle: Bundle, corrupt: int | None = None) -> None:
+    for index, data in bundle.chunks():
+        payload = data[:-1] + bytes([data[-1] ^ 0xFF]) if index == corrupt else data
+        listener.publish(chunk_topic(FLEET, bundle.digest, index), payload, retain=True)
+    listener.publish(manifest_topic(FLEET, bundle.digest), bundle.manifest_bytes, retain=True)
+
+
+def publish_desired(listener: Listener, bundle: Bundle) -> None:
+    desired = Desired(bundle=bundle_ref(bundle.manifest, bundle.digest),
+                      manifest_topic=manifest_topic(FLEET, bundle.digest), issued_at=int(time.time() * 1000))
+    listener.publish(device_topic(FLEET, DEVICE, DeviceChannel.DESIRED), desired.encode(), retain=True)
+
+
+def last_reported(listener: Listener) -> Reported | None:
+    msgs = listener.on(device_topic(FLEET, DEVICE, DeviceChannel.REPORTED))
+    return Reported.decode(msgs[-1].payload) if msgs else None
+
+
+def events(listener: Listener) -> list[Event]:
+    return [Event.decode(m.payload) for m in listener.on(device_topic(FLEET, DEVICE, DeviceChannel.EVENTS))]
+
+
+def telemetry_since(listener: Listener, count: int) -> list[Telemetry]:
+    msgs = listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY))
+    return [Telemetry.decode(m.payload) for m in msgs[count:]]
+
+
+@pytest.fixture
+def bundles(digits: TrainedExample, digits_v2: TrainedExample, tmp_path: Path) -> tuple[Bundle, Bundle]:
+    v1 = build_bundle(digits.model_path, tmp_path / "v1.zip", name="digits", version="1",
+                      reference=digits.reference, chunk_size=4096)
+    v2 = build_bundle(digits_v2.model_path, tmp_path / "v2.zip", name="digits", version="2",
+                      reference=digits_v2.reference, chunk_size=4096)
+    return v1, v2
+
+
+def _committed(listener: Listener, bundle: Bundle) -> bool:
+    r = last_reported(listener)
+    return r is not None and r.phase is UpdatePhase.COMMITTED and r.active is not None \
+        and r.active.digest == bundle.digest
+
+
+def test_corrupted_chunk_is_rejected_and_previous_model_keeps_serving(
+    broker: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle]
+) -> None:
+    v1, v2 = bundles
+    listener = Listener(broker, *(device_filter(FLEET, ch) for ch in
+                                  (DeviceChannel.REPORTED, DeviceChannel.EVENTS, DeviceChannel.TELEMETRY)))
+    try:
+        agent = processes.agent(DEVICE, broker, fleet=FLEET)
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed")
+
+        publish_bundle(listener, v2, corrupt=2)
+        publish_desired(listener, v2)
+
+        def failed() -> Reported | None:
+            r = last_reported(listener)
+            return r if r is not None and r.phase is UpdatePhase.FAILED else None
+
+        report = wait_until(failed, 30, "the update to digits:2 to fail")
+        assert report.last_error is not None and report.last_error.code == "checksum_mismatch"
+        assert report.active is not None and report.active.digest == v1.digest
+        kinds = [e.kind for e in events(listener)]
+        assert EventKind.CHUNK_REJECTED in kinds and EventKind.UPDATE_FAILED in kinds
+
+        # The previous model keeps serving: telemetry windows from version 1 with inferences.
+        seen = len(listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY)))
+        windows = wait_until(lambda: [t for t in telemetry_since(listener, seen) if t.inferences > 0], 15,
+                             "telemetry after the failed update")
+        assert all(w.model_version == "1" for w in windows)
+        assert agent.alive
+
+        # Re-delivering the same desired message does not retry (no update loop on a bad bundle) ...
+        agent.stop()
+        agent = processes.agent(DEVICE, broker, fleet=FLEET)
+        wait_until(lambda: last_reported(listener) is not None and len(telemetry_since(listener, seen)) > 2, 15,
+                   "the restarted agent to report")
+        assert last_reported(listener).active.digest == v1.digest  # type: ignore[union-attr]
+        # ... while a new desired message for the repaired bundle does (the bad chunk was not kept).
+        publish_bundle(listener, v2)
+        time.sleep(0.01)
+        publish_desired(listener, v2)
+        wait_until(lambda: _committed(listener, v2), 30, "digits:2 committed after the repair")
+    finally:
+        listener.close()
+
+
+def test_agent_restart_keeps_serving_the_installed_model_without_the_broker_retaining_it(
+    broker: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle]
+) -> None:
+    v1, _ = bundles
+    listener = Listener(broker, device_filter(FLEET, DeviceChannel.REPORTED),
+                        device_filter(FLEET, DeviceChannel.TELEMETRY))
+    try:
+        agent = processes.agent(DEVICE, broker, fleet=FLEET)
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed")
+        agent.kill()  # power cut
+        # The artifacts disappear from the broker: the agent must not need them to serve again.
+        for index, _ in v1.chunks():
+            listener.publish(chunk_topic(FLEET, v1.digest, index), b"", retain=True)
+        listener.publish(manifest_topic(FLEET, v1.digest), b"", retain=True)
+        seen = len(listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY)))
+        processes.agent(DEVICE, broker, fleet=FLEET)
+        windows = wait_until(lambda: [t for t in telemetry_since(listener, seen) if t.inferences > 0], 20,
+                             "telemetry after the restart")
+        assert windows[0].model_version == "1"
+    finally:
+        listener.close()
+
+
+def test_broker_restart_reconnects_and_a_new_version_still_arrives(
+    broker: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle]
+) -> None:
+    v1, v2 = bundles
+    agent = processes.agent(DEVICE, broker, fleet=FLEET)
+    listener = Listener(broker, device_filter(FLEET, DeviceChannel.REPORTED), client_id="listener-1")
+    try:
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed")
+    finally:
+        listener.close()
+    broker.restart()  # neither broker keeps retained messages across this restart
+    listener = Listener(broker, device_filter(FLEET, DeviceChannel.REPORTED), client_id="listener-2")
+    try:
+        publish_bundle(listener, v2)
+        publish_desired(listener, v2)
+        wait_until(lambda: _committed(listener, v2), 45, "digits:2 committed after the broker restart")
+        assert agent.alive
+    finally:
+        listener.close()

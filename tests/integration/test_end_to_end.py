@@ -1,0 +1,117 @@
+"""The thin loop in real processes: broker, fleet server, agents, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeops.examples import TrainedExample
+from edgeops.protocol import DeviceChannel, device_topic
+from fleet_server.store import Store
+from tests.integration.harness import BrokerHandle, Listener, Processes, wait_until
+
+pytestmark = pytest.mark.integration
+DEVICES = ["dev-a", "dev-b", "dev-c"]
+
+
+def edgeops(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeops", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgeops {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _converged(store: Store, digest: str, version: str) -> bool:
+    devices = {d.device_id: d for d in store.devices("default")}
+    return all(
+        d in devices
+        and devices[d].active_digest == digest
+        and devices[d].phase == "committed"
+        and (devices[d].last_telemetry or {}).get("model_version") == version
+        and (devices[d].last_telemetry or {}).get("inferences", 0) > 0
+        for d in DEVICES
+    )
+
+
+def test_deploy_converges_and_telemetry_arrives(
+    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    np.savez(tmp_path / "ref.npz", X=digits.reference)
+    server = processes.server(home, broker)
+    agents = [processes.agent(d, broker) for d in DEVICES]
+    store = Store(home / "edgeops.db")
+    wait_until(lambda: len([d for d in store.devices("default") if d.online]) == len(DEVICES), 30,
+               "every agent's birth message")
+
+    added = edgeops("model", "add", str(digits.model_path), "--name", "digits", "--version", "1",
+                    "--reference", str(tmp_path / "ref.npz"), "--home", str(home))
+    assert "digits:1 added" in added.stdout
+    edgeops("deploy", "digits:1", "--devices", "all", "--home", str(home))
+    digest = store.model("digits", "1").digest
+    wait_until(lambda: _converged(store, digest, "1"), 60, "every device running digits:1 with telemetry")
+
+    listed = json.loads(edgeops("devices", "list", "--json", "--home", str(home)).stdout)
+    assert {d["device_id"] for d in listed} == set(DEVICES)
+    for row in listed:
+        assert row["online"] and row["active_version"] == "1"
+        t = row["last_telemetry"]
+        assert t["latency_ms_p95"] > 0 and t["drift_score"] is not None and t["rss_mb"] > 0
+    table = edgeops("devices", "list", "--home", str(home)).stdout
+    assert "dev-a" in table and "digits:1" in table
+
+    # Drift detail arrives next to the telemetry window it belongs to.
+    drift = wait_until(lambda: store.latest_drift("default", "dev-a"), 10, "a drift detail of dev-a")
+    assert len(drift["features"]) == 64
+
+    # A clean shutdown says "offline" explicitly (a clean disconnect suppresses the last will).
+    for agent in agents:
+        assert agent.stop() == 0
+    wait_until(lambda: not any(d.online for d in store.devices("default")), 15, "every device offline")
+    assert server.alive
+
+
+def test_invalid_payloads_are_dropped_and_logged_once_per_source(
+    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    server = processes.server(home, broker)
+    agent = processes.agent("dev-a", broker)
+    store = Store(home / "edgeops.db")
+    wait_until(lambda: store.telemetry_count("default", "dev-a") > 0, 30, "telemetry from dev-a")
+    listener = Listener(broker, "#")
+    try:
+        garbage = [b"", b"\x00\xff", b"{", b"[]", b'{"schema_version": 99}', b'{"schema_version": 1}']
+        for payload in garbage:
+            # Agent side: its desired and command topics.
+            listener.publish(device_topic("default", "dev-a", DeviceChannel.DESIRED), payload)
+            listener.publish(device_topic("default", "dev-a", DeviceChannel.CMD), payload)
+            # Server side: a rogue source and a real device's telemetry topic.
+            listener.publish(device_topic("default", "rogue", DeviceChannel.TELEMETRY), payload)
+            listener.publish(device_topic("default", "rogue", DeviceChannel.STATUS), payload)
+        # A well-formed payload that names another device than its topic is dropped too.
+        spoof = json.dumps({"schema_version": 1, "device_id": "dev-a", "state": "offline", "ts": 1}).encode()
+        listener.publish(device_topic("default", "rogue", DeviceChannel.STATUS), spoof)
+        before = store.telemetry_count("default", "dev-a")
+        wait_until(lambda: store.telemetry_count("default", "dev-a") >= before + 2, 15,
+                   "telemetry to keep flowing after the garbage")
+    finally:
+        listener.close()
+    assert server.alive and agent.alive
+    assert store.device("default", "dev-a").online
+    assert "rogue" not in {d.device_id for d in store.devices("default")}
+    server_log = (tmp_path / "logs" / "server.log").read_text()
+    drops = [line for line in server_log.splitlines() if "dropped invalid message" in line]
+    assert len(drops) == 1 and "source=rogue" in drops[0], drops
+    agent_log = (tmp_path / "logs" / "dev-a.log").read_text()
+    agent_drops = [line for line in agent_log.splitlines() if "dropped invalid message" in line]
+    # One line per source topic (desired and cmd), however many bad payloads arrived on each.
+    assert len(agent_drops) == 2, agent_drops
+    assert "Traceback" not in server_log + agent_log
