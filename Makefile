@@ -37,11 +37,19 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
 # The drift kernels once more, compiled with bounds checking on, into a throwaway build tree.
+# PYTHONPATH puts build/debug ahead of the editable install (whose finder comes last on
+# sys.meta_path); EDGEOPS_EXPECT_DEBUG_BUILD makes tests/unit/test_native_build.py assert that the
+# debug .so is the one loaded and that an out-of-bounds read raises IndexError. Cython is a build
+# requirement only (pip builds in isolation), so it is installed into the venv here if missing.
 test-debug-build: $(STAMP)
 	rm -rf build/debug && mkdir -p build/debug
 	cp -r setup.py pyproject.toml README.md native edgeops build/debug/
+	rm -f build/debug/native/*.c build/debug/edgeops/_native/*.so
+	$(BIN)/python -c "import Cython" 2>/dev/null || $(BIN)/python -m pip install -q "Cython>=3.0"
 	cd build/debug && EDGEOPS_CYTHON_DEBUG=1 ../../$(BIN)/python setup.py -q build_ext --inplace >/dev/null
-	cd build/debug && ../../$(BIN)/pytest -q -p no:cacheprovider --rootdir=. $(CURDIR)/tests/unit -k "drift or native" --confcutdir=$(CURDIR)/tests --import-mode=importlib
+	cd build/debug && EDGEOPS_EXPECT_DEBUG_BUILD=1 PYTHONPATH=$(CURDIR)/build/debug \
+		../../$(BIN)/pytest -q -p no:cacheprovider --rootdir=. $(CURDIR)/tests/unit -k "drift or native" \
+		--confcutdir=$(CURDIR)/tests --import-mode=importlib
 
 test: lint typecheck
 	$(BIN)/pytest tests -q

@@ -1,0 +1,147 @@
+"""Conformance properties of the drift monitors (hypothesis): batching, order, merging, state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from edgeops.drift import DriftMonitor, PredictionDriftMonitor, ReferenceProfile
+from edgeops.errors import DriftError
+
+D = 3
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+values = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False, width=32),
+    st.sampled_from([np.nan, 0.0, 1.0, -1.0, np.inf, -np.inf]),
+)
+batches = st.integers(0, 40).flatmap(lambda n: arrays(np.float64, (n, D), elements=values))
+
+
+@pytest.fixture(scope="module")
+def profile() -> ReferenceProfile:
+    rng = np.random.default_rng(20)
+    X = rng.normal(size=(3_000, D))
+    X[:, 1] = np.round(X[:, 1])  # ties
+    X[:, 2] = 1.0  # constant
+    return ReferenceProfile.fit(X, bins=8, cdf_points=256)
+
+
+def _integer_state(mon: DriftMonitor) -> dict[str, object]:
+    s = mon.state_dict()
+    return {k: s[k] for k in ("hist", "n_nan", "n_below", "n_above", "n_inf", "n_rows")}
+
+
+def _float_state(mon: DriftMonitor) -> np.ndarray:
+    s = mon.state_dict()
+    return np.array([s[k] for k in ("s1", "s2", "tail_lo", "tail_hi")])
+
+
+def _assert_same(a: DriftMonitor, b: DriftMonitor) -> None:
+    assert _integer_state(a) == _integer_state(b)
+    np.testing.assert_allclose(_float_state(a), _float_state(b), rtol=1e-9, atol=1e-6)
+    ra, rb = a.report(), b.report()
+    for fa, fb in zip(ra.features, rb.features, strict=True):
+        assert fa.psi == fb.psi and fa.ks_statistic == fb.ks_statistic
+        assert fa.js_distance == fb.js_distance and fa.ks_pvalue == fb.ks_pvalue
+
+
+@SETTINGS
+@given(batch=batches)
+def test_batch_equals_row_by_row(profile: ReferenceProfile, batch: np.ndarray) -> None:
+    whole, rows = DriftMonitor(profile), DriftMonitor(profile)
+    whole.update(batch)
+    for i in range(batch.shape[0]):
+        rows.update(batch[i : i + 1])
+    _assert_same(whole, rows)
+    json.dumps(whole.report().to_dict(), allow_nan=False)
+
+
+@SETTINGS
+@given(batch=batches, seed=st.integers(0, 2**32 - 1))
+def test_row_order_does_not_matter(profile: ReferenceProfile, batch: np.ndarray, seed: int) -> None:
+    a, b = DriftMonitor(profile), DriftMonitor(profile)
+    a.update(batch)
+    b.update(batch[np.random.default_rng(seed).permutation(batch.shape[0])])
+    _assert_same(a, b)
+
+
+@SETTINGS
+@given(x=batches, y=batches, z=batches)
+def test_merge_is_associative_and_equals_the_joint_stream(
+    profile: ReferenceProfile, x: np.ndarray, y: np.ndarray, z: np.ndarray
+) -> None:
+    ma, mb, mc = DriftMonitor(profile), DriftMonitor(profile), DriftMonitor(profile)
+    ma.update(x)
+    mb.update(y)
+    mc.update(z)
+    left, right = (ma + mb) + mc, ma + (mb + mc)
+    _assert_same(left, right)
+    joint = DriftMonitor(profile)
+    joint.update(np.concatenate([x, y, z]))
+    _assert_same(left, joint)
+    assert ma.n_samples == x.shape[0]  # + does not modify its operands
+
+
+@SETTINGS
+@given(batch=batches)
+def test_state_round_trips_through_json(profile: ReferenceProfile, batch: np.ndarray) -> None:
+    mon = DriftMonitor(profile)
+    mon.update(batch)
+    state = json.loads(json.dumps(mon.state_dict(), allow_nan=False))
+    back = DriftMonitor.from_state_dict(profile, state)
+    assert back.state_dict() == mon.state_dict()
+    assert back.report() == mon.report()
+
+
+@SETTINGS
+@given(ids=arrays(np.int64, st.integers(0, 60), elements=st.integers(-2, 6)), cut=st.integers(0, 60))
+def test_prediction_monitor_batching_and_merge(ids: np.ndarray, cut: int) -> None:
+    ref = [0.2, 0.3, 0.1, 0.4, 0.0]
+    whole, a, b = PredictionDriftMonitor(ref), PredictionDriftMonitor(ref), PredictionDriftMonitor(ref)
+    whole.update(ids)
+    a.update(ids[:cut])
+    b.update(ids[cut:])
+    assert (a + b).report() == whole.report()
+    back = PredictionDriftMonitor.from_state_dict(json.loads(json.dumps(whole.state_dict())))
+    assert back.report() == whole.report()
+
+
+def test_state_word_size_independent(profile: ReferenceProfile) -> None:
+    # Everything that leaves the process is int64 / float64 in plain JSON numbers: a state written by
+    # a 32-bit device reads the same. Simulate by round-tripping through text with explicit widths.
+    mon = DriftMonitor(profile)
+    mon.update(np.random.default_rng(21).normal(size=(1000, D)).astype(np.float32))
+    state = mon.state_dict()
+    assert state["version"] == 1
+    for name in ("n_nan", "n_below", "n_above", "n_inf"):
+        assert all(type(v) is int for v in state[name])
+    for name in ("s1", "s2", "tail_lo", "tail_hi"):
+        assert all(type(v) is float for v in state[name])
+    np_state = json.loads(json.dumps(state))
+    np_state["n_nan"] = [int(np.int32(v)) for v in np_state["n_nan"]]
+    assert DriftMonitor.from_state_dict(profile, np_state).state_dict() == state
+
+
+def test_bad_states_raise(profile: ReferenceProfile) -> None:
+    mon = DriftMonitor(profile)
+    mon.update(np.zeros((5, D)))
+    good = mon.state_dict()
+    for bad in (
+        {**good, "version": 9},
+        {**good, "profile": "sha256:00"},
+        {**good, "n_nan": [1, 2]},
+        {**good, "hist": [{"i": [10**6], "c": [1]}] * D},
+        {**good, "s1": ["x"] * D},
+        {k: v for k, v in good.items() if k != "n_rows"},
+    ):
+        with pytest.raises(DriftError):
+            DriftMonitor.from_state_dict(profile, bad)
+    other = ReferenceProfile.fit(np.ones((10, D)))
+    with pytest.raises(DriftError, match="different reference profile"):
+        mon + DriftMonitor(other)
