@@ -1,0 +1,379 @@
+"""Staged rollouts: the model and the pure decision function ``decide(rollout, observations, now)``.
+
+No I/O here. The driver (server) gathers observations from the store, calls :func:`decide`, applies
+the returned actions idempotently (publish desired states, record the new rollout state and the
+reason in the audit log) and stores the returned rollout. A server restarted mid-rollout calls
+``decide`` again with what is in the store and carries on.
+
+A device counts as a success only when it *committed* the target (its probation passed on the
+device) and its live telemetry on the target passes the stage's health gates after the soak time;
+installed is not enough.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from edgeops.errors import ConfigError
+
+#: Hash buckets per rollout: a device's bucket decides in which stage it is updated.
+BUCKETS = 10_000
+
+
+class RolloutState(str, enum.Enum):
+    """Where a rollout is. Terminal: succeeded, rolled_back, aborted (and failed, see below)."""
+
+    #: Defined, not started.
+    CREATED = "created"
+    #: A stage passed its gates; the next one starts when an operator approves.
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    #: Assigning devices of the current stage and evaluating its gates.
+    RUNNING = "running"
+    #: Stopped by an operator, or by a failing gate under the ``pause`` policy; resumable.
+    PAUSED = "paused"
+    #: Every stage passed.
+    SUCCEEDED = "succeeded"
+    #: A gate failed and the touched devices could not be rolled back (no previous version known).
+    FAILED = "failed"
+    #: A gate failed (or an operator asked): every touched device was sent back to its previous version.
+    ROLLED_BACK = "rolled_back"
+    #: Stopped by an operator; devices stay on whatever they run.
+    ABORTED = "aborted"
+
+
+TERMINAL = frozenset({RolloutState.SUCCEEDED, RolloutState.FAILED, RolloutState.ROLLED_BACK, RolloutState.ABORTED})
+
+
+class FailurePolicy(str, enum.Enum):
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Gates:
+    """When a stage passes. Shares are of the devices the stage updated."""
+
+    #: Share of the stage's devices that must have committed the target.
+    min_committed_share: float = 1.0
+    #: Share of failed devices tolerated (judged only once ``min_sample`` devices are resolved).
+    max_failed_share: float = 0.0
+    min_sample: int = 1
+    #: Mean error rate (errors / (inferences + errors)) on the target over the stage's devices.
+    max_error_rate: float = 0.05
+    #: Mean p95 latency on the target divided by the same devices' p95 on their previous version.
+    max_latency_ratio: float = 1.5
+    #: Mean drift score on the target (0..1 share of drifted features); None: not gated.
+    max_drift_score: float | None = None
+    #: Seconds every stage device must have run the target before health is judged.
+    soak_s: float = 30.0
+    #: A device silent for longer than this counts as failed.
+    silence_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    #: Cumulative share of the selected devices updated by the end of this stage (0 < p <= 100) ...
+    percent: float | None = None
+    #: ... or a cumulative device count (e.g. a canary of 1).
+    count: int | None = None
+    gates: Gates = field(default_factory=Gates)
+    #: An operator must approve before this stage starts.
+    approval: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.percent is None) == (self.count is None):
+            raise ConfigError(f"stage {self.name!r}: give exactly one of percent or count")
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise ConfigError(f"stage {self.name!r}: percent must be in (0, 100]")
+        if self.count is not None and self.count < 1:
+            raise ConfigError(f"stage {self.name!r}: count must be at least 1")
+
+    def cumulative_target(self, population: int) -> int:
+        if self.count is not None:
+            return min(self.count, population)
+        assert self.percent is not None
+        return min(population, max(1, -(-int(self.percent * population) // 100)))
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    target_digest: str
+    stages: tuple[Stage, ...]
+    policy: FailurePolicy = FailurePolicy.ROLLBACK
+    #: Devices updating at the same time (assigned, not yet resolved); 0 = no limit.
+    max_concurrent: int = 0
+    state: RolloutState = RolloutState.CREATED
+    stage_index: int = 0
+    #: device -> stage index at which it was assigned the target.
+    assigned: dict[str, int] = field(default_factory=dict)
+    #: device -> digest it ran before the rollout touched it (the rollback target).
+    previous: dict[str, str | None] = field(default_factory=dict)
+    #: When every device of the current stage first was committed (start of the soak).
+    stage_settled_ms: int | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("a rollout needs at least one stage")
+        targets = [s.cumulative_target(10**6) if s.percent is not None else None for s in self.stages]
+        last = 0.0
+        for stage, target in zip(self.stages, targets, strict=True):
+            if target is not None and target < last:
+                raise ConfigError(f"stage {stage.name!r} covers fewer devices than the one before it")
+            last = target or last
+
+
+class DeviceHealth(str, enum.Enum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the server knows of one selected device, from its reported state and telemetry."""
+
+    device_id: str
+    online: bool
+    last_seen_ms: int
+    #: Reported update phase and running digest.
+    phase: str | None
+    active_digest: str | None
+    #: The target of the update the device reports working on (if any).
+    target_digest: str | None = None
+    #: Telemetry on the rollout's target version (None: no window yet).
+    error_rate: float | None = None
+    latency_ms_p95: float | None = None
+    drift_score: float | None = None
+    #: p95 latency on the version before the rollout, same device.
+    baseline_latency_ms_p95: float | None = None
+
+
+def bucket(rollout_id: str, device_id: str) -> int:
+    """Deterministic per-(device, rollout) bucket: raising a percentage only adds devices."""
+    digest = hashlib.sha256(f"{rollout_id}\x00{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def stage_order(rollout_id: str, device_ids: list[str]) -> list[str]:
+    return sorted(device_ids, key=lambda d: (bucket(rollout_id, d), d))
+
+
+def device_health(obs: Observation | None, target: str, gates: Gates, now_ms: int) -> DeviceHealth:
+    if obs is None:
+        return DeviceHealth.PENDING
+    if now_ms - obs.last_seen_ms > gates.silence_timeout_s * 1000:
+        return DeviceHealth.FAILED
+    if obs.active_digest == target and obs.phase == "committed":
+        return DeviceHealth.COMMITTED
+    if obs.phase == "failed" and obs.active_digest != target:
+        return DeviceHealth.FAILED
+    return DeviceHealth.PENDING
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Publish the target as the desired version of these devices."""
+
+    device_ids: tuple[str, ...]
+    stage_index: int
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Publish a signed rollback desired state: each device back to the digest it ran before."""
+
+    targets: tuple[tuple[str, str], ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """The rollout changed state; the driver records it with ``reason`` in the audit log."""
+
+    old: RolloutState
+    new: RolloutState
+    reason: str
+
+
+Action = Assign | Revert | StateChange
+
+
+@dataclass(frozen=True)
+class Decision:
+    rollout: Rollout
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    passed: bool
+    failed: bool
+    reason: str
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def evaluate_stage(rollout: Rollout, observations: dict[str, Observation], now_ms: int) -> StageVerdict:
+    """Judge the devices the current stage updated against its gates."""
+    stage = rollout.stages[rollout.stage_index]
+    g = stage.gates
+    members = [d for d, s in rollout.assigned.items() if s == rollout.stage_index]
+    if not members:
+        return StageVerdict(False, False, "no devices assigned yet")
+    health = {d: device_health(observations.get(d), rollout.target_digest, g, now_ms) for d in members}
+    failed = [d for d, h in health.items() if h is DeviceHealth.FAILED]
+    committed = [d for d, h in health.items() if h is DeviceHealth.COMMITTED]
+    resolved = len(failed) + len(committed)
+    if resolved >= g.min_sample and len(failed) / len(members) > g.max_failed_share:
+        return StageVerdict(False, True, f"{len(failed)} of {len(members)} devices failed "
+                            f"(allowed {g.max_failed_share:.0%}): {', '.join(sorted(failed)[:5])}")
+    on_target = [observations[d] for d in committed]
+    error_rate = _mean([o.error_rate for o in on_target if o.error_rate is not None])
+    if error_rate is not None and error_rate > g.max_error_rate:
+        return StageVerdict(False, True, f"error rate {error_rate:.1%} exceeds {g.max_error_rate:.1%}")
+    ratios = [o.latency_ms_p95 / o.baseline_latency_ms_p95 for o in on_target
+              if o.latency_ms_p95 is not None and o.baseline_latency_ms_p95]
+    ratio = _mean(ratios)
+    if ratio is not None and ratio > g.max_latency_ratio:
+        return StageVerdict(False, True,
+                            f"p95 latency {ratio:.2f}x the previous version (limit {g.max_latency_ratio}x)")
+    drift = _mean([o.drift_score for o in on_target if o.drift_score is not None])
+    if g.max_drift_score is not None and drift is not None and drift > g.max_drift_score:
+        return StageVerdict(False, True, f"drift score {drift:.2f} exceeds {g.max_drift_score:.2f}")
+    if resolved < len(members) or len(committed) / len(members) < g.min_committed_share:
+        return StageVerdict(False, False, f"{len(committed)} of {len(members)} committed")
+    if rollout.stage_settled_ms is None or now_ms - rollout.stage_settled_ms < g.soak_s * 1000:
+        return StageVerdict(False, False, "soaking")
+    if not any(o.error_rate is not None for o in on_target):
+        return StageVerdict(False, False, "waiting for telemetry on the target")
+    return StageVerdict(True, False, f"{len(committed)} of {len(members)} committed and healthy")
+
+
+def _with_state(rollout: Rollout, new: RolloutState, reason: str, actions: list[Action]) -> Rollout:
+    if new is not rollout.state:
+        actions.append(StateChange(rollout.state, new, reason))
+    return replace(rollout, state=new, reason=reason)
+
+
+def decide(rollout: Rollout, selected: list[str], observations: dict[str, Observation], now_ms: int) -> Decision:
+    """The next rollout and the actions to get there. Pure and idempotent: the same inputs give
+    the same outputs, and applying them twice changes nothing more."""
+    actions: list[Action] = []
+    if rollout.state is not RolloutState.RUNNING:
+        return Decision(rollout, ())
+    verdict = evaluate_stage(rollout, observations, now_ms)
+    if verdict.failed:
+        return Decision(_fail(rollout, verdict.reason, actions), tuple(actions))
+    stage = rollout.stages[rollout.stage_index]
+    members = [d for d, s in rollout.assigned.items() if s == rollout.stage_index]
+    all_committed = members and all(
+        device_health(observations.get(d), rollout.target_digest, stage.gates, now_ms) is DeviceHealth.COMMITTED
+        for d in members
+    )
+    ordered = stage_order(rollout.id, selected)
+    wanted = ordered[: stage.cumulative_target(len(ordered))]
+    unassigned = [d for d in wanted if d not in rollout.assigned]
+    if all_committed and not unassigned and rollout.stage_settled_ms is None:
+        rollout = replace(rollout, stage_settled_ms=now_ms)
+        verdict = evaluate_stage(rollout, observations, now_ms)
+    if verdict.passed and not unassigned:
+        return Decision(_advance(rollout, verdict.reason, actions), tuple(actions))
+    if unassigned:
+        in_flight = sum(
+            1 for d in rollout.assigned
+            if device_health(observations.get(d), rollout.target_digest, stage.gates, now_ms) is DeviceHealth.PENDING
+        )
+        room = len(unassigned) if rollout.max_concurrent <= 0 else max(0, rollout.max_concurrent - in_flight)
+        batch = unassigned[:room]
+        if batch:
+            previous = dict(rollout.previous)
+            for d in batch:
+                obs = observations.get(d)
+                previous[d] = obs.active_digest if obs else None
+            assigned = {**rollout.assigned, **dict.fromkeys(batch, rollout.stage_index)}
+            rollout = replace(rollout, assigned=assigned, previous=previous, stage_settled_ms=None)
+            actions.append(Assign(tuple(batch), rollout.stage_index))
+    return Decision(rollout, tuple(actions))
+
+
+def _advance(rollout: Rollout, reason: str, actions: list[Action]) -> Rollout:
+    stage = rollout.stages[rollout.stage_index]
+    if rollout.stage_index + 1 >= len(rollout.stages):
+        return _with_state(rollout, RolloutState.SUCCEEDED, f"stage {stage.name} passed: {reason}", actions)
+    nxt = rollout.stage_index + 1
+    rollout = replace(rollout, stage_index=nxt, stage_settled_ms=None)
+    if rollout.stages[nxt].approval:
+        return _with_state(rollout, RolloutState.WAITING_FOR_APPROVAL,
+                           f"stage {stage.name} passed; {rollout.stages[nxt].name} needs approval", actions)
+    actions.append(StateChange(RolloutState.RUNNING, RolloutState.RUNNING,
+                               f"stage {stage.name} passed: {reason}; starting {rollout.stages[nxt].name}"))
+    return rollout
+
+
+def _fail(rollout: Rollout, reason: str, actions: list[Action]) -> Rollout:
+    stage = rollout.stages[rollout.stage_index].name
+    if rollout.policy is FailurePolicy.PAUSE:
+        return _with_state(rollout, RolloutState.PAUSED, f"stage {stage} failed: {reason}", actions)
+    return rollback(rollout, f"stage {stage} failed: {reason}", actions)
+
+
+def rollback(rollout: Rollout, reason: str, actions: list[Action] | None = None) -> Rollout:
+    """Send every touched device back to the digest it ran before (operator or gate)."""
+    out = actions if actions is not None else []
+    targets = tuple(sorted((d, prev) for d, prev in rollout.previous.items()
+                           if d in rollout.assigned and prev is not None and prev != rollout.target_digest))
+    unknown = sorted(d for d in rollout.assigned if rollout.previous.get(d) is None)
+    if targets:
+        out.append(Revert(targets, reason))
+    state = RolloutState.FAILED if unknown and not targets else RolloutState.ROLLED_BACK
+    if unknown:
+        reason += f"; no previous version known for {', '.join(unknown[:5])}"
+    return _with_state(rollout, state, reason, out)
+
+
+# --- operator commands (pure) --------------------------------------------------------------------
+
+
+def start(rollout: Rollout) -> Decision:
+    return _command(rollout, {RolloutState.CREATED}, RolloutState.RUNNING, "started")
+
+
+def pause(rollout: Rollout, reason: str = "paused by operator") -> Decision:
+    return _command(rollout, {RolloutState.RUNNING, RolloutState.WAITING_FOR_APPROVAL}, RolloutState.PAUSED, reason)
+
+
+def resume(rollout: Rollout) -> Decision:
+    return _command(rollout, {RolloutState.PAUSED}, RolloutState.RUNNING, "resumed by operator")
+
+
+def approve(rollout: Rollout) -> Decision:
+    return _command(rollout, {RolloutState.WAITING_FOR_APPROVAL}, RolloutState.RUNNING, "approved by operator")
+
+
+def abort(rollout: Rollout) -> Decision:
+    live = set(RolloutState) - TERMINAL
+    return _command(rollout, live, RolloutState.ABORTED, "aborted by operator")
+
+
+def operator_rollback(rollout: Rollout, reason: str = "rolled back by operator") -> Decision:
+    if rollout.state in TERMINAL - {RolloutState.SUCCEEDED}:
+        raise ConfigError(f"rollout {rollout.id} is {rollout.state.value}; nothing to roll back")
+    actions: list[Action] = []
+    return Decision(rollback(rollout, reason, actions), tuple(actions))
+
+
+def _command(rollout: Rollout, allowed: set[RolloutState], new: RolloutState, reason: str) -> Decision:
+    if rollout.state not in allowed:
+        raise ConfigError(f"rollout {rollout.id} is {rollout.state.value}; cannot go to {new.value}")
+    actions: list[Action] = []
+    return Decision(_with_state(rollout, new, reason, actions), tuple(actions))
