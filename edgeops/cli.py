@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -111,35 +112,125 @@ def server(
     FleetServer(config).run(_stop_on_signals())
 
 
-@app.command()
+agent_app = typer.Typer(
+    help="Run a device agent (no subcommand), or write its config and systemd unit (init).",
+    invoke_without_command=True,
+)
+app.add_typer(agent_app, name="agent")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Agent config file (TOML).")]
+
+
+def _agent_overrides(**flags: Any) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+@agent_app.callback()
 def agent(
-    device_id: Annotated[str, typer.Option("--device-id", envvar="EDGEOPS_DEVICE_ID", help="This device's id.")],
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="EDGEOPS_DATA_DIR", help="Agent state and models.")],
-    broker: BrokerOpt = "127.0.0.1:1883",
-    fleet: FleetOpt = "default",
-    telemetry_interval: Annotated[float, typer.Option(help="Seconds per telemetry window.")] = 10.0,
-    inference_interval: Annotated[float, typer.Option(help="Seconds between simulated inferences.")] = 0.05,
-    input_source: Annotated[str, typer.Option("--input", help="Simulated input: digits or none.")] = "digits",
-    threads: Annotated[int, typer.Option(help="Intra-op threads of the runtime.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the simulated input stream.")] = 0,
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    device_id: Annotated[str | None, typer.Option("--device-id", help="This device's id.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Agent state, slots, spool.")] = None,
+    broker: Annotated[str | None, typer.Option("--broker", help="MQTT broker host:port.")] = None,
+    fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet name.")] = None,
+    trust_dir: Annotated[Path | None, typer.Option("--trust-dir", help="Trusted public keys (*.pub).")] = None,
+    allow_unsigned: Annotated[
+        bool | None, typer.Option("--allow-unsigned/--require-signed", help="Accept unsigned bundles (dev only).")
+    ] = None,
+    telemetry_interval: Annotated[float | None, typer.Option(help="Seconds per telemetry window.")] = None,
+    api_port: Annotated[int | None, typer.Option(help="Local inference API port on 127.0.0.1 (0 = off).")] = None,
+    api_socket: Annotated[Path | None, typer.Option(help="Local inference API on a Unix socket.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime intra-op threads.")] = None,
+    input_source: Annotated[str | None, typer.Option("--input", help="Simulated input: digits|gaussian|none.")] = None,
+    inference_interval: Annotated[float | None, typer.Option(help="Seconds between simulated inferences.")] = None,
+    simulate_drift: Annotated[str | None, typer.Option(help="Drift in the simulated input: shift:1.5@200.")] = None,
+    simulate_faults: Annotated[str | None, typer.Option(help="Injected faults, e.g. latency=5,errors=0.1.")] = None,
+    faults_version: Annotated[str | None, typer.Option(help="Inject faults only while this version serves.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the simulated input.")] = None,
+    probation_min_inferences: Annotated[int | None, typer.Option(help="Inferences watched before commit.")] = None,
+    probation_max_s: Annotated[float | None, typer.Option(help="Seconds of probation at most.")] = None,
 ) -> None:
     """Run a device agent (on a Raspberry Pi, or simulated on a laptop)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from device_agent.agent import Agent
+    from device_agent.config import load_agent_config
+
+    settings = load_agent_config(config, os.environ, _agent_overrides(
+        device_id=device_id, data_dir=data_dir, broker=broker, fleet=fleet, trust_dir=trust_dir,
+        allow_unsigned=allow_unsigned, telemetry_interval_s=telemetry_interval, api_port=api_port,
+        api_socket=api_socket, intra_op_threads=threads, input_source=input_source,
+        inference_interval_s=inference_interval, simulate_drift=simulate_drift, simulate_faults=simulate_faults,
+        simulate_faults_version=faults_version, seed=seed, probation_min_inferences=probation_min_inferences,
+        probation_max_s=probation_max_s,
+    ))
+    Agent(settings).run(_stop_on_signals())
+
+
+@agent_app.command("init")
+def agent_init(
+    device_id: Annotated[str, typer.Option("--device-id", help="This device's id.")],
+    broker: Annotated[str, typer.Option("--broker", help="MQTT broker host:port.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Agent state directory.")] = Path("/var/lib/edgeops"),
+    trust_dir: Annotated[Path, typer.Option("--trust-dir", help="Trusted public keys.")] = Path("/etc/edgeops/keys"),
+    out: Annotated[Path, typer.Option("--out", help="Config file to write.")] = Path("/etc/edgeops/agent.toml"),
+    unit_out: Annotated[
+        Path | None, typer.Option("--unit-out", help="systemd unit to write (default: beside the config).")
+    ] = None,
+    fleet: Annotated[str, typer.Option("--fleet", help="Fleet name.")] = "default",
+    user: Annotated[str, typer.Option(help="System user the unit runs as.")] = "edgeops",
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write an agent config file and a systemd unit that runs it."""
+    import shutil
+
+    from device_agent.config import config_template, load_agent_config, systemd_unit
+
+    settings = load_agent_config(None, {}, {"device_id": device_id, "broker": broker, "data_dir": data_dir,
+                                            "trust_dir": trust_dir, "fleet": fleet})
+    unit_path = unit_out or out.with_name("edgeops-agent.service")
+    for path in (out, unit_path):
+        if path.exists() and not force:
+            raise ConfigError(f"{path} exists; use --force to overwrite")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(config_template(settings))
+    executable = shutil.which("edgeops") or f"{sys.executable} -m edgeops"
+    unit_path.write_text(systemd_unit(out.resolve(), executable, user))
+    console.print(f"wrote {out} and {unit_path}")
+    console.print(f"install: sudo cp {unit_path} /etc/systemd/system/ && sudo systemctl enable --now edgeops-agent")
+
+
+@app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="How many simulated devices.")] = 10,
+    data_root: Annotated[Path, typer.Option(help="One data directory per device below this.")] = Path(".sim"),
+    prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0001, ...")] = "sim",
+    broker: BrokerOpt = "127.0.0.1:1883",
+    fleet: FleetOpt = "default",
+    trust_dir: Annotated[Path | None, typer.Option("--trust-dir", help="Trusted public keys.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="Accept unsigned bundles.")] = False,
+    telemetry_interval: Annotated[float, typer.Option(help="Seconds per telemetry window.")] = 10.0,
+    input_source: Annotated[str, typer.Option("--input", help="digits, gaussian or none.")] = "digits",
+    inference_interval: Annotated[float, typer.Option(help="Seconds between inferences per device.")] = 1.0,
+    probation_min_inferences: Annotated[int, typer.Option(help="Inferences watched before commit.")] = 20,
+    probation_max_s: Annotated[float, typer.Option(help="Seconds of probation at most.")] = 30.0,
+    simulate_drift: Annotated[str, typer.Option(help="Drift in the input, e.g. shift:1.5@200.")] = "none",
+    simulate_faults: Annotated[str, typer.Option(help="Injected faults, e.g. latency=5,errors=0.1.")] = "",
+    faults_version: Annotated[str, typer.Option(help="Only while this version serves.")] = "",
+) -> None:
+    """Run many simulated devices in one process (one network loop, no thread per device)."""
     from device_agent.config import AgentConfig
+    from device_agent.simulator import Simulator, device_configs
     from edgeops.transport import BrokerAddress
 
-    config = AgentConfig(
-        device_id=device_id,
-        broker=BrokerAddress.parse(broker),
-        data_dir=data_dir,
-        fleet=fleet,
-        telemetry_interval_s=telemetry_interval,
-        inference_interval_s=inference_interval,
-        input_source=input_source,
-        intra_op_threads=threads,
-        seed=seed,
+    template = AgentConfig(
+        device_id="template", data_dir=data_root, broker=BrokerAddress.parse(broker), fleet=fleet,
+        trust_dir=trust_dir, allow_unsigned=allow_unsigned, telemetry_interval_s=telemetry_interval,
+        input_source=input_source, inference_interval_s=inference_interval,
+        probation_min_inferences=probation_min_inferences, probation_max_s=probation_max_s,
+        simulate_drift=simulate_drift, simulate_faults=simulate_faults, simulate_faults_version=faults_version,
     )
-    Agent(config).run(_stop_on_signals())
+    Simulator(device_configs(template, devices, prefix, data_root)).run(_stop_on_signals())
 
 
 def _parse_model_ref(text: str) -> tuple[str, str]:

@@ -51,8 +51,9 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console)
                 ManagedProcess(
                     device_id,
                     ["agent", "--device-id", device_id, "--data-dir", str(workdir / "devices" / device_id),
-                     "--broker", broker, "--telemetry-interval", "2", "--inference-interval", "0.02",
-                     "--seed", str(i)],
+                     "--broker", broker, "--telemetry-interval", "2", "--input", "digits",
+                     "--inference-interval", "0.02", "--seed", str(i), "--allow-unsigned",
+                     "--probation-min-inferences", "25"],
                     logs / f"{device_id}.log",
                 )
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +21,28 @@ log = logging.getLogger(__name__)
 class ManagedProcess:
     """One ``python -m edgeops ...`` child with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        max_file_bytes: int | None = None,
+    ) -> None:
+        """``max_file_bytes`` caps the size of any file the child writes (RLIMIT_FSIZE): a full
+        disk as the kernel reports it (EFBIG), for failure tests."""
         self.name = name
         self.args = args
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # prlimit (util-linux) rather than preexec_fn: the parent may run threads.
+        limit = ["prlimit", f"--fsize={max_file_bytes}"] if max_file_bytes else []
+        if limit and shutil.which("prlimit") is None:
+            raise RuntimeError("max_file_bytes needs the prlimit command (util-linux)")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "edgeops", *args],
+            [*limit, sys.executable, "-m", "edgeops", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -182,6 +182,10 @@ class Record:
     def _to_fields(self) -> dict[str, Any]:
         return {f.name: _encode_value(getattr(self, f.name)) for f in _fields(type(self))}
 
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values (no schema version)."""
+        return self._to_fields()
+
     @classmethod
     def _from_fields(cls: type[R], data: dict[str, Any], path: str) -> R:
         hints = _hints(cls)

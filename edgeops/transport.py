@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeops.errors import BrokerUnavailableError, ConfigError
+from edgeops.mqtt_loop import SharedLoop
 from edgeops.protocol import QOS
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ class LinkChange:
 
 
 @dataclass(frozen=True)
+class PublishAck:
+    """The broker acknowledged the QoS 1 message with this message id (PUBACK)."""
+
+    mid: int
+
+
+@dataclass(frozen=True)
 class Will:
     topic: str
     payload: bytes
@@ -86,10 +94,16 @@ class MqttTransport:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
         max_inflight: int = 100,
+        track_acks: bool = False,
+        loop: SharedLoop | None = None,
     ) -> None:
         self.client_id = client_id
         self.broker = broker
-        self.inbox: queue.Queue[Inbound | LinkChange] = queue.Queue()
+        #: Put a PublishAck in the inbox for every acknowledged publish (for durable spools).
+        self.track_acks = track_acks
+        #: None: paho's own thread (loop_start). A SharedLoop: driven with many others from one thread.
+        self._loop = loop
+        self.inbox: queue.Queue[Inbound | LinkChange | PublishAck] = queue.Queue()
         self._subscriptions: set[str] = set()
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -107,7 +121,9 @@ class MqttTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
+        client.on_publish = self._on_publish
+        if loop is None:
+            client.on_socket_open = self._on_socket_open
         self._client = client
 
     # --- paho callbacks: enqueue only ------------------------------------------------------------
@@ -138,6 +154,10 @@ class MqttTransport:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(Inbound(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if self.track_acks:
+            self.inbox.put(PublishAck(mid))
+
     # --- API --------------------------------------------------------------------------------------
 
     @property
@@ -147,7 +167,10 @@ class MqttTransport:
     def start(self) -> None:
         """Connect in the background; paho retries with back-off until ``stop``."""
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive_s)
-        self._client.loop_start()
+        if self._loop is not None:
+            self._loop.add(self._client)
+        else:
+            self._client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> None:
         if not self._connected.wait(timeout_s):
@@ -179,13 +202,20 @@ class MqttTransport:
         """
         if final and self.connected:
             infos = [self._client.publish(t, p, qos=QOS, retain=r) for t, p, r in final]
-            for info in infos:
-                try:
-                    info.wait_for_publish(timeout_s)
-                except (RuntimeError, ValueError) as exc:
-                    log.warning("final publish not confirmed client=%s: %s", self.client_id, exc)
+            if self._loop is None:
+                for info in infos:
+                    try:
+                        info.wait_for_publish(timeout_s)
+                    except (RuntimeError, ValueError) as exc:
+                        log.warning("final publish not confirmed client=%s: %s", self.client_id, exc)
+            else:
+                self._loop.flush(self._client, timeout_s)
         self._client.disconnect()
-        self._client.loop_stop()
+        if self._loop is None:
+            self._client.loop_stop()
+        else:
+            self._loop.flush(self._client, timeout_s)
+            self._loop.remove(self._client)
         self._connected.clear()
 
 

@@ -34,7 +34,7 @@ from edgeops.protocol import (
     manifest_topic,
     parse_topic,
 )
-from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport
+from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck
 from fleet_server.config import ServerConfig
 from fleet_server.registry import Registry
 from fleet_server.store import Deployment, Store, now_ms
@@ -55,7 +55,9 @@ class FleetServer:
 
     # --- inbound ------------------------------------------------------------------------------
 
-    def handle(self, item: Inbound | LinkChange) -> None:
+    def handle(self, item: Inbound | LinkChange | PublishAck) -> None:
+        if isinstance(item, PublishAck):
+            return
         if isinstance(item, LinkChange):
             if item.connected:
                 # The broker may have restarted without its retained messages: publish it all again.

@@ -355,6 +355,11 @@ class Store:
             )
         return int(rows[0]["n"])
 
+    def telemetry_window_ids(self, fleet: str, device_id: str) -> list[str]:
+        rows = self._query("SELECT window_id FROM telemetry WHERE fleet=? AND device_id=? ORDER BY ts_ms",
+                           (fleet, device_id))
+        return [str(r["window_id"]) for r in rows]
+
     def events(self, fleet: str, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if device_id is None:
             rows = self._query(

@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from edgeops.bundle import Bundle, build_bundle
+from edgeops.examples import TrainedExample
 from tests.integration.harness import BrokerHandle, Processes
 
 
@@ -23,3 +28,40 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(tmp_path)
     yield procs
     procs.stop_all()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[BrokerHandle]:
+    """Mosquitto alone, for tests whose subject is the agent rather than the broker."""
+    handle = BrokerHandle("mosquitto", tmp_path)
+    handle.start()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def bundles(digits: TrainedExample, digits_v2: TrainedExample, tmp_path: Path) -> tuple[Bundle, Bundle]:
+    v1 = build_bundle(digits.model_path, tmp_path / "v1.zip", name="digits", version="1",
+                      reference=digits.reference, chunk_size=4096)
+    v2 = build_bundle(digits_v2.model_path, tmp_path / "v2.zip", name="digits", version="2",
+                      reference=digits_v2.reference, chunk_size=4096)
+    return v1, v2
+
+
+@pytest.fixture(scope="session")
+def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64-input model with ~2 MB of weights: 128 transfer chunks at 16 KiB."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((64, 8192)).astype(np.float32) * 0.01, "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8192, 10)).astype(np.float32) * 0.01, "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["scores"])],
+        "big", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 10])], initializer=[w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("big") / "big.onnx"
+    onnx.save(model, path)
+    return path

@@ -81,12 +81,28 @@ class Processes:
         return self.start("server", "server", "--home", str(home), "--broker", str(broker.address),
                           "--fleet", fleet)
 
-    def agent(self, device_id: str, broker: BrokerHandle, fleet: str = "default", **opts: Any) -> ManagedProcess:
+    def agent(
+        self,
+        device_id: str,
+        broker: BrokerHandle,
+        fleet: str = "default",
+        *extra: str,
+        env: dict[str, str] | None = None,
+        trust_dir: Path | None = None,
+        telemetry_interval: float = 1.0,
+        max_file_bytes: int | None = None,
+    ) -> ManagedProcess:
+        """An agent streaming simulated digits input, with a short probation for quick tests."""
+        trust = ["--trust-dir", str(trust_dir)] if trust_dir else ["--allow-unsigned"]
         args = ["agent", "--device-id", device_id, "--data-dir", str(self.root / "devices" / device_id),
-                "--broker", str(broker.address), "--fleet", fleet,
-                "--telemetry-interval", str(opts.get("telemetry_interval", 1.0)),
-                "--inference-interval", str(opts.get("inference_interval", 0.02))]
-        return self.start(device_id, *args)
+                "--broker", str(broker.address), "--fleet", fleet, *trust,
+                "--telemetry-interval", str(telemetry_interval), "--input", "digits",
+                "--inference-interval", "0.02", "--probation-min-inferences", "10", "--probation-max-s", "10",
+                *extra]
+        proc = ManagedProcess(device_id, args, self.root / "logs" / f"{device_id}.log", env=env,
+                              max_file_bytes=max_file_bytes)
+        self.started.append(proc)
+        return proc
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):

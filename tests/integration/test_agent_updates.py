@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgeops.bundle import Bundle, build_bundle
-from edgeops.examples import TrainedExample
 from edgeops.manifest import bundle_ref
 from edgeops.protocol import (
     Desired,
@@ -55,15 +54,6 @@ def events(listener: Listener) -> list[Event]:
 def telemetry_since(listener: Listener, count: int) -> list[Telemetry]:
     msgs = listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY))
     return [Telemetry.decode(m.payload) for m in msgs[count:]]
-
-
-@pytest.fixture
-def bundles(digits: TrainedExample, digits_v2: TrainedExample, tmp_path: Path) -> tuple[Bundle, Bundle]:
-    v1 = build_bundle(digits.model_path, tmp_path / "v1.zip", name="digits", version="1",
-                      reference=digits.reference, chunk_size=4096)
-    v2 = build_bundle(digits_v2.model_path, tmp_path / "v2.zip", name="digits", version="2",
-                      reference=digits_v2.reference, chunk_size=4096)
-    return v1, v2
 
 
 def _committed(listener: Listener, bundle: Bundle) -> bool:
@@ -162,6 +152,71 @@ def test_broker_restart_reconnects_and_a_new_version_still_arrives(
         publish_bundle(listener, v2)
         publish_desired(listener, v2)
         wait_until(lambda: _committed(listener, v2), 45, "digits:2 committed after the broker restart")
+        assert agent.alive
+    finally:
+        listener.close()
+
+
+def test_probation_failure_rolls_back_locally_and_is_reported(
+    mosquitto: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle]
+) -> None:
+    v1, v2 = bundles
+    listener = Listener(mosquitto, device_filter(FLEET, DeviceChannel.REPORTED),
+                        device_filter(FLEET, DeviceChannel.EVENTS), device_filter(FLEET, DeviceChannel.TELEMETRY))
+    try:
+        # Version 2 fails half of its inferences on this device (an injected fault).
+        agent = processes.agent(DEVICE, mosquitto, FLEET, "--simulate-faults", "errors=0.5",
+                                "--faults-version", "2")
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed")
+        publish_bundle(listener, v2)
+        publish_desired(listener, v2)
+
+        def rolled_back() -> Reported | None:
+            r = last_reported(listener)
+            return r if r is not None and r.phase is UpdatePhase.FAILED else None
+
+        report = wait_until(rolled_back, 30, "probation of digits:2 to fail")
+        assert report.last_error is not None and report.last_error.code == "probation_failed"
+        assert report.active is not None and report.active.digest == v1.digest
+        kinds = [e.kind for e in events(listener)]
+        assert EventKind.MODEL_LOADED in kinds and EventKind.ROLLBACK in kinds
+        # Back on version 1, inferences succeed again.
+        seen = len(listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY)))
+        windows = wait_until(lambda: [t for t in telemetry_since(listener, seen)[1:] if t.inferences > 0], 15,
+                             "telemetry after the rollback")
+        assert windows[0].model_version == "1" and windows[0].errors == 0
+        assert agent.alive
+    finally:
+        listener.close()
+
+
+def test_a_full_disk_fails_the_update_and_the_old_model_keeps_serving(
+    mosquitto: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle], big_model: Path, tmp_path: Path
+) -> None:
+    v1, _ = bundles
+    v2 = build_bundle(big_model, tmp_path / "big.zip", name="digits", version="2", chunk_size=16 * 1024)
+    listener = Listener(mosquitto, device_filter(FLEET, DeviceChannel.REPORTED))
+    try:
+        processes.agent(DEVICE, mosquitto, FLEET)
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed")
+        processes.stop_all()
+        # No file may grow past 512 KiB: chunks (16 KiB), state and spool fit; the 2 MB model does not.
+        assert len(v2.files["model.onnx"]) > 4 * 512 * 1024
+        agent = processes.agent(DEVICE, mosquitto, FLEET, max_file_bytes=512 * 1024)
+        publish_bundle(listener, v2)
+        publish_desired(listener, v2)
+
+        def failed() -> Reported | None:
+            r = last_reported(listener)
+            return r if r is not None and r.phase is UpdatePhase.FAILED else None
+
+        report = wait_until(failed, 30, "the update to fail on the full disk")
+        assert report.active is not None and report.active.digest == v1.digest
+        assert report.last_error is not None and "File too large" in report.last_error.message
         assert agent.alive
     finally:
         listener.close()
