@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from device_agent.config import AgentConfig
+from device_agent.local_api import LocalApiServer
 from device_agent.probation import ProbationPolicy, ProbationTracker, Verdict
 from device_agent.resources import ResourceSampler
 from device_agent.simulation import DriftSpec, FaultInjector, FaultSpec, InjectedFault, InputStream, make_input_stream
@@ -178,6 +179,7 @@ class Agent:
         self._window_started = 0.0
         self._next_inference = 0.0
         self._inputs: InputStream | None = None
+        self.api: LocalApiServer | None = None
         faults = FaultSpec.parse(config.simulate_faults) if config.simulate_faults else None
         self._faults = FaultInjector(faults, seed=config.seed) if faults else None
         fleet, device = config.fleet, config.device_id
@@ -792,6 +794,10 @@ class Agent:
         if self.config.input_source != "none" and self.config.inference_interval_s > 0:
             self._inputs = make_input_stream(self.config.input_source, self.config.seed,
                                              DriftSpec.parse(self.config.simulate_drift))
+        if self.config.api_port or self.config.api_socket:
+            self.api = LocalApiServer(self.predict, self.describe, port=self.config.api_port,
+                                      unix_socket=self.config.api_socket)
+            self.api.start()
         now = time.monotonic()
         self._window_started = now
         self._next_window = now + self.config.telemetry_interval_s
@@ -840,6 +846,8 @@ class Agent:
 
     def stop(self) -> None:
         """Say ``offline`` explicitly (a clean disconnect suppresses the last will) and disconnect."""
+        if self.api is not None:
+            self.api.stop()
         self.transport.stop(final=[(self._status_topic, self._status(Presence.OFFLINE).encode(), True)])
         self.spool.close()
         log.info("agent stopped device=%s dropped_invalid=%d", self.config.device_id, self.drops.total)

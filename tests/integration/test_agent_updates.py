@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from device_agent.local_api import predict_over_http, request
 from edgeops.bundle import Bundle, build_bundle
+from edgeops.examples import TrainedExample
 from edgeops.manifest import bundle_ref
 from edgeops.protocol import (
     Desired,
@@ -220,3 +222,44 @@ def test_a_full_disk_fails_the_update_and_the_old_model_keeps_serving(
         assert agent.alive
     finally:
         listener.close()
+
+
+def test_local_api_inferences_are_served_and_reported(
+    mosquitto: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle], digits: TrainedExample,
+    tmp_path: Path,
+) -> None:
+    v1, _ = bundles
+    sock = tmp_path / "agent.sock"
+    listener = Listener(mosquitto, device_filter(FLEET, DeviceChannel.REPORTED),
+                        device_filter(FLEET, DeviceChannel.TELEMETRY))
+    try:
+        processes.agent(DEVICE, mosquitto, FLEET, "--input", "none", "--api-socket", str(sock))
+        wait_until(sock.exists, 15, "the local API socket")
+        status, body = request(f"unix:{sock}", "POST", "/v1/predict", {"inputs": [[0.0] * 64]})
+        assert status == 503 and body["error"]["code"] == "no_model"
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        # Probation needs live traffic: the application's requests are that traffic.
+        sent = 0
+        while sent < 40:
+            if _committed_or_probation(listener):
+                predict_over_http(f"unix:{sock}", digits.x_test[sent:sent + 1].tolist())
+                sent += 1
+            else:
+                time.sleep(0.1)
+        wait_until(lambda: _committed(listener, v1), 30, "digits:1 committed on API traffic")
+        status, body = request(f"unix:{sock}", "POST", "/v1/predict", {"inputs": [[0.0] * 10]})
+        assert status == 422 and "shape" in body["error"]["message"]
+        seen = len(listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY)))
+        for i in range(5):
+            predict_over_http(f"unix:{sock}", digits.x_test[i:i + 1].tolist())
+        wait_until(lambda: sum(t.inferences for t in telemetry_since(listener, seen)) >= 5, 15,
+                   "windows counting the API inferences")
+        assert all(t.model_version == "1" for t in telemetry_since(listener, seen) if t.inferences)
+    finally:
+        listener.close()
+
+
+def _committed_or_probation(listener: Listener) -> bool:
+    r = last_reported(listener)
+    return r is not None and r.phase in (UpdatePhase.PROBATION, UpdatePhase.COMMITTED)
