@@ -160,7 +160,8 @@ class Agent:
             directory.mkdir(parents=True, exist_ok=True)
         self.state = load_state(self.state_path)
         self.trust = Trust.from_config(config.trust_dir, config.allow_unsigned)
-        self.spool = TelemetrySpool(data / "spool.sqlite", max_bytes=config.spool_max_bytes)
+        self.spool = TelemetrySpool(data / "spool.sqlite", max_bytes=config.spool_max_bytes,
+                                    durability="normal" if config.spool_durability == "normal" else "full")
         self.serving: LoadedModel | None = None
         self.committed_model: LoadedModel | None = None
         self.fetch: Fetch | None = None

@@ -56,6 +56,9 @@ class AgentConfig:
     api_socket: Path | None = None
     #: Upper bound of the on-disk telemetry spool; the oldest windows are evicted (and counted) beyond it.
     spool_max_bytes: int = 8 * 1024 * 1024
+    #: ``full``: every spooled window is fsynced (survives a power cut); ``normal``: survives a
+    #: process crash only (the simulator's many devices on one disk).
+    spool_durability: str = "full"
     #: Simulated input: ``digits`` (bundled data set), ``gaussian`` or ``none`` (a real application
     #: calls the local API instead).
     input_source: str = "none"
@@ -83,6 +86,8 @@ class AgentConfig:
             raise ConfigError(f"input_source must be one of {', '.join(INPUT_SOURCES)}")
         if self.intra_op_threads < 1:
             raise ConfigError("intra_op_threads must be at least 1")
+        if self.spool_durability not in ("full", "normal"):
+            raise ConfigError("spool_durability must be full or normal")
         if not 0 <= self.api_port < 65536:
             raise ConfigError("api_port must be within 0..65535")
         if self.trust_dir is None and not self.allow_unsigned:

@@ -29,6 +29,7 @@ from edgeops.cli_common import (
     err_console,
     open_home,
 )
+from edgeops.cli_keys import keys_app
 from edgeops.cli_model import model_app
 from edgeops.errors import ConfigError, EdgeOpsError
 
@@ -41,6 +42,7 @@ app = typer.Typer(
 devices_app = typer.Typer(help="See the devices of a fleet.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(model_app, name="model")
+app.add_typer(keys_app, name="keys")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -229,6 +231,7 @@ def simulate(
         input_source=input_source, inference_interval_s=inference_interval,
         probation_min_inferences=probation_min_inferences, probation_max_s=probation_max_s,
         simulate_drift=simulate_drift, simulate_faults=simulate_faults, simulate_faults_version=faults_version,
+        spool_durability="normal",
     )
     Simulator(device_configs(template, devices, prefix, data_root)).run(_stop_on_signals())
 

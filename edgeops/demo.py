@@ -37,6 +37,14 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console)
             trained = train_digits_mlp(workdir / "digits.onnx")
         console.print(f"trained digits MLP: test accuracy {trained.accuracy:.3f} -> {trained.model_path}")
 
+        from edgeops.signing import KeyRing
+
+        keys = KeyRing(home / "keys")
+        key = keys.generate("demo", activate=True)
+        trust_dir = workdir / "trust"
+        keys.export_public(trust_dir)
+        console.print(f"signing key {key.key_id}; devices trust only it ({trust_dir})")
+
         port = free_port()
         broker = f"127.0.0.1:{port}"
         processes.append(ManagedProcess("broker", ["broker", "--port", str(port)], logs / "broker.log"))
@@ -52,7 +60,7 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console)
                     device_id,
                     ["agent", "--device-id", device_id, "--data-dir", str(workdir / "devices" / device_id),
                      "--broker", broker, "--telemetry-interval", "2", "--input", "digits",
-                     "--inference-interval", "0.02", "--seed", str(i), "--allow-unsigned",
+                     "--inference-interval", "0.02", "--seed", str(i), "--trust-dir", str(trust_dir),
                      "--probation-min-inferences", "25"],
                     logs / f"{device_id}.log",
                 )
@@ -62,9 +70,9 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console)
         store, registry = Store(home / "edgeops.db"), Registry(home / "registry")
         row, _ = add_model(
             store, registry, trained.model_path, name=MODEL_NAME, version=MODEL_VERSION,
-            reference=trained.reference.astype(np.float64), created_by="demo",
+            reference=trained.reference.astype(np.float64), created_by="demo", signing_key=keys.active(),
         )
-        console.print(f"packaged {row.label}: bundle {row.digest[:12]}, {row.size_bytes:,} bytes")
+        console.print(f"packaged and signed {row.label}: bundle {row.digest[:12]}, {row.size_bytes:,} bytes")
         _wait_for_devices(store, devices, console, timeout_s=min(timeout_s, 30))
         store.add_deployment("default", row.digest, ALL_DEVICES)
         console.print(f"deployed {row.label} to all devices; waiting for them to converge")

@@ -124,3 +124,51 @@ class BrokerUnavailableError(EdgeOpsError, ConnectionError):
     """The MQTT broker could not be reached in time."""
 
     code = "broker_unavailable"
+
+
+# --- the model pipeline (import, quantization, validation, keys) -------------------------------
+
+
+class KeyNotTrustedError(SignatureError):
+    """A signature names a key that is not in the verifier's trust list."""
+
+    code = "key_not_trusted"
+
+
+class KeyFileError(EdgeOpsError, ValueError):
+    """A signing or public key file is missing, unreadable or not an Ed25519 key."""
+
+    code = "key_file_invalid"
+
+
+class ModelImportError(ModelLoadError, ValueError):
+    """A file offered as a model is not one, is corrupt, or uses an op set this build cannot run."""
+
+    code = "model_import_failed"
+
+
+class QuantizationError(EdgeOpsError, ValueError):
+    """A quantization recipe cannot be applied to this model (the message says why and what to do)."""
+
+    code = "quantization_failed"
+
+
+class ValidationDataError(EdgeOpsError, ValueError):
+    """A calibration or validation set is unreadable or does not fit the model."""
+
+    code = "validation_data_invalid"
+
+
+class ValidationGateError(EdgeOpsError):
+    """The quantized model lost more accuracy than the release gate allows."""
+
+    code = "validation_gate_failed"
+
+
+# --- the device agent's simulation and local API -----------------------------------------------
+
+
+class InjectedFault(EdgeOpsError):
+    """An inference failed on purpose: a simulated fault (device_agent/simulation.py)."""
+
+    code = "injected_fault"

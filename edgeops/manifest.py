@@ -104,6 +104,10 @@ class Manifest(Message):
     smoke: SmokeTest | None = None
     quantization: dict[str, Any] | None = None
     validation: dict[str, float] | None = None
+    #: ONNX default-domain opset of the packaged model (None for TFLite).
+    opset: Annotated[int, Range(ge=1, le=1000)] | None = None
+    #: Digest of the bundle this version was derived from (lineage), if any.
+    parent_digest: Annotated[str, Pattern(SHA256_PATTERN)] | None = None
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes that are published, stored as manifest.json and hashed into the digest."""

@@ -8,9 +8,10 @@ The agent, the bundle builder (for smoke vectors) and the tests all load models 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,11 +110,94 @@ class OnnxModel:
         return dict(zip(self._output_names, results, strict=True))
 
 
+def tflite_interpreter_class() -> tuple[Any, str]:
+    """The TFLite interpreter class and the package it came from: LiteRT first, tflite-runtime second.
+
+    LiteRT (``ai-edge-litert``) is preferred: tflite-runtime 2.14, its last release, needs
+    numpy < 2 and returns wrong results for int8 per-channel weights with float activations
+    (dynamic-range quantized models); LiteRT computes them correctly.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter as LegacyInterpreter
+    except ImportError:
+        raise ModelLoadError(
+            "no TFLite runtime installed: pip install 'edgeops[tflite]' (ai-edge-litert)"
+        ) from None
+    log.warning(
+        "using tflite-runtime: it needs numpy < 2 and gives wrong results for int8 per-channel weights "
+        "with float activations; install ai-edge-litert (LiteRT) instead"
+    )
+    return LegacyInterpreter, "tflite-runtime"
+
+
+class TfliteModel:
+    """A TFLite interpreter (LiteRT or tflite-runtime) behind the same checked interface."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        interpreter_cls, self.package = tflite_interpreter_class()
+        try:
+            self._interpreter = interpreter_cls(model_path=str(path), num_threads=intra_op_threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # what both interpreters raise for a bad model
+            raise ModelLoadError(f"{self.package} refused {path.name}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._input_details = self._interpreter.get_input_details()
+        self._output_details = self._interpreter.get_output_details()
+        self.inputs = [self._spec(d) for d in self._input_details]
+        self.outputs = [self._spec(d) for d in self._output_details]
+        self._batch_shapes: dict[int, tuple[int, ...]] = {
+            int(d["index"]): tuple(int(x) for x in d["shape"]) for d in self._input_details
+        }
+
+    @staticmethod
+    def _spec(detail: Mapping[str, Any]) -> TensorSpec:
+        dtype = np.dtype(detail["dtype"]).name
+        if dtype not in _TFLITE_DTYPES:
+            raise ModelLoadError(f"tensor {detail['name']!r} has unsupported type {dtype}")
+        signature = detail.get("shape_signature")
+        dims = signature if signature is not None and len(signature) else detail["shape"]
+        return TensorSpec(name=str(detail["name"]), dtype=dtype, shape=[_dim(int(d)) for d in dims])
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = {s.name for s in self.inputs}
+        if set(feeds) != expected:
+            raise InferenceInputError(f"inputs {sorted(feeds)} where {sorted(expected)} are expected")
+        checked = [(d, check_input(s, feeds[s.name])) for d, s in zip(self._input_details, self.inputs, strict=True)]
+        with self._lock:
+            resized = False
+            for detail, array in checked:
+                index = int(detail["index"])
+                if self._batch_shapes[index] != array.shape:
+                    self._interpreter.resize_tensor_input(index, list(array.shape))
+                    self._batch_shapes[index] = array.shape
+                    resized = True
+            if resized:
+                self._interpreter.allocate_tensors()
+            for detail, array in checked:
+                self._interpreter.set_tensor(int(detail["index"]), np.ascontiguousarray(array))
+            self._interpreter.invoke()
+            return {
+                spec.name: np.array(self._interpreter.get_tensor(int(d["index"])))
+                for d, spec in zip(self._output_details, self.outputs, strict=True)
+            }
+
+
+_TFLITE_DTYPES = {"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"}
+
+
 def load_model(path: Path, runtime: Runtime, intra_op_threads: int = 1) -> Model:
     """Load a model file with the runtime its manifest names."""
     if runtime is Runtime.ONNXRUNTIME:
         return OnnxModel(path, intra_op_threads)
-    raise ModelLoadError(f"runtime {runtime.value!r} is not supported by this build yet")
+    if runtime is Runtime.TFLITE:
+        return TfliteModel(path, intra_op_threads)
+    raise ModelLoadError(f"runtime {runtime.value!r} is not supported by this build")
 
 
 def _to_smoke_tensor(name: str, array: np.ndarray) -> SmokeTensor:

@@ -33,7 +33,9 @@ from edgeops.protocol import (
     device_topic,
     manifest_topic,
     parse_topic,
+    signature_topic,
 )
+from edgeops.signing import KeyRing, sign_desired
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck
 from fleet_server.config import ServerConfig
 from fleet_server.registry import Registry
@@ -49,6 +51,7 @@ class FleetServer:
         self.registry = Registry(config.registry_path)
         self.transport = MqttTransport(f"edgeops-server-{config.fleet}", config.broker, clean_session=False)
         self.drops = DropLog(log)
+        self.keys = KeyRing(config.home / "keys")
         self._published_bundles: set[str] = set()
         self._published_desired: dict[str, int] = {}
         self._broken_bundles: set[str] = set()
@@ -119,9 +122,13 @@ class FleetServer:
             log.error("bundle unusable, not publishing digest=%s error=%s", digest[:12], exc)
             self._broken_bundles.add(digest)
             return False
-        # Chunks first, manifest last: a device that sees the manifest finds every chunk retained.
+        # Chunks and signature first, manifest last: a device that sees the manifest finds the rest.
         for index, data in bundle.chunks():
             self.transport.publish(chunk_topic(fleet, digest, index), data, retain=True)
+        if bundle.signature is not None:
+            self.transport.publish(signature_topic(fleet, digest), bundle.signature.encode(), retain=True)
+        else:
+            log.warning("bundle is unsigned; agents that require signatures will refuse it digest=%s", digest[:12])
         self.transport.publish(manifest_topic(fleet, digest), bundle.manifest_bytes, retain=True)
         self._published_bundles.add(digest)
         log.info(
@@ -140,6 +147,9 @@ class FleetServer:
             issued_at=deployment.created_ms,
             rollout_id=f"deployment-{deployment.id}",
         )
+        key = self.keys.active()
+        if key is not None:
+            desired = sign_desired(desired, key)
         self.transport.publish(device_topic(fleet, device_id, DeviceChannel.DESIRED), desired.encode(), retain=True)
         self._published_desired[device_id] = deployment.id
         log.info("desired published device=%s model=%s", device_id, desired.bundle.label)
@@ -150,9 +160,12 @@ class FleetServer:
         fleet = self.config.fleet
         self.transport.subscribe(*(device_filter(fleet, ch) for ch in DEVICE_PUBLISHED))
         self.transport.start()
-        log.info(
-            "fleet server started fleet=%s broker=%s home=%s", fleet, self.config.broker, self.config.home
-        )
+        active = self.keys.active_name()
+        log.info("fleet server started fleet=%s broker=%s home=%s signing_key=%s", fleet, self.config.broker,
+                 self.config.home, active)
+        if active is None:
+            log.warning("no signing key in %s: desired messages go out unsigned (edgeops keys generate)",
+                        self.config.home / "keys")
         next_reconcile = 0.0
         try:
             while not stop.is_set():

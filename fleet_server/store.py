@@ -29,6 +29,11 @@ CREATE TABLE IF NOT EXISTS models (
     created_at TEXT NOT NULL,
     parent_version TEXT,
     manifest_json TEXT NOT NULL,
+    parent_digest TEXT,
+    created_by TEXT NOT NULL DEFAULT '',
+    source_sha256 TEXT,
+    recipe_json TEXT,
+    signed_by TEXT,
     PRIMARY KEY (name, version)
 );
 CREATE TABLE IF NOT EXISTS deployments (
@@ -79,6 +84,18 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 ALL_DEVICES = "all"
+_MODEL_COLUMNS = (
+    "name, version, digest, runtime, size_bytes, created_at, parent_version, parent_digest, created_by, "
+    "source_sha256, recipe_json, signed_by"
+)
+#: Columns added to ``models`` after its first release, with their SQL types (migrated on open).
+_MODEL_EXTRA_COLUMNS = {
+    "parent_digest": "TEXT",
+    "created_by": "TEXT NOT NULL DEFAULT ''",
+    "source_sha256": "TEXT",
+    "recipe_json": "TEXT",
+    "signed_by": "TEXT",
+}
 
 
 def now_ms() -> int:
@@ -94,6 +111,14 @@ class ModelRow:
     size_bytes: int
     created_at: str
     parent_version: str | None
+    parent_digest: str | None = None
+    created_by: str = ""
+    #: sha256 of the model file as given (before quantization).
+    source_sha256: str | None = None
+    #: Canonical JSON of the packaging options (quantization recipe, gate), for idempotent re-adds.
+    recipe_json: str | None = None
+    #: Key id of the bundle signature, None for an unsigned bundle.
+    signed_by: str | None = None
 
     @property
     def label(self) -> str:
@@ -149,6 +174,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._migrate_models()
 
     def close(self) -> None:
         with self._lock:
@@ -171,6 +197,14 @@ class Store:
 
     # --- models -------------------------------------------------------------------------------
 
+    def _migrate_models(self) -> None:
+        """Add the lineage/recipe columns to a ``models`` table created by an older version."""
+        with self._lock:
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(models)")}
+            for column, sql_type in _MODEL_EXTRA_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE models ADD COLUMN {column} {sql_type}")
+
     def add_model(self, row: ModelRow, manifest_json: str) -> bool:
         """Record a model version; False if the identical version was already there.
 
@@ -185,22 +219,25 @@ class Store:
                     return False
                 raise ConfigError(f"{row.label} already exists with different content; pick a new version")
             db.execute(
-                "INSERT INTO models VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO models (name, version, digest, runtime, size_bytes, created_at, parent_version, "
+                "manifest_json, parent_digest, created_by, source_sha256, recipe_json, signed_by) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row.name, row.version, row.digest, row.runtime, row.size_bytes, row.created_at,
-                 row.parent_version, manifest_json),
+                 row.parent_version, manifest_json, row.parent_digest, row.created_by, row.source_sha256,
+                 row.recipe_json, row.signed_by),
             )
         return True
 
     def models(self) -> list[ModelRow]:
         rows = self._query(
-            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models "
+            "SELECT " + _MODEL_COLUMNS + " FROM models "
             "ORDER BY name, created_at, version"
         )
         return [ModelRow(**dict(r)) for r in rows]
 
     def model(self, name: str, version: str) -> ModelRow:
         rows = self._query(
-            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models "
+            "SELECT " + _MODEL_COLUMNS + " FROM models "
             "WHERE name=? AND version=?",
             (name, version),
         )
@@ -222,9 +259,22 @@ class Store:
             raise NotFoundError(f"unknown model version {name}:{version}")
         return str(rows[0]["manifest_json"])
 
+    def lineage(self, name: str, version: str) -> list[ModelRow]:
+        """``name:version`` and its ancestors by parent digest, newest first."""
+        chain = [self.model(name, version)]
+        seen = {chain[0].digest}
+        while chain[-1].parent_digest and chain[-1].parent_digest not in seen:
+            try:
+                parent = self.model_by_digest(chain[-1].parent_digest)
+            except NotFoundError:
+                break
+            seen.add(parent.digest)
+            chain.append(parent)
+        return chain
+
     def model_by_digest(self, digest: str) -> ModelRow:
         rows = self._query(
-            "SELECT name, version, digest, runtime, size_bytes, created_at, parent_version FROM models WHERE digest=?",
+            "SELECT " + _MODEL_COLUMNS + " FROM models WHERE digest=?",
             (digest,),
         )
         if not rows:

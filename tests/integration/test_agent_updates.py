@@ -23,7 +23,9 @@ from edgeops.protocol import (
     device_filter,
     device_topic,
     manifest_topic,
+    signature_topic,
 )
+from edgeops.signing import SigningKey, sign_desired, sign_manifest
 from tests.integration.harness import BrokerHandle, Listener, Processes, wait_until
 
 pytestmark = pytest.mark.integration
@@ -263,3 +265,69 @@ def test_local_api_inferences_are_served_and_reported(
 def _committed_or_probation(listener: Listener) -> bool:
     r = last_reported(listener)
     return r is not None and r.phase in (UpdatePhase.PROBATION, UpdatePhase.COMMITTED)
+
+
+def _signed(listener: Listener, bundle: Bundle, key: SigningKey, *, rollback: bool = False,
+            corrupt_signature: bool = False) -> None:
+    """Publish a bundle with its detached signature and a signed desired message, as the server does."""
+    publish_bundle(listener, bundle)
+    signature = sign_manifest(bundle.manifest_bytes, key)
+    if corrupt_signature:
+        signature = sign_manifest(bundle.manifest_bytes + b" ", key)
+    listener.publish(signature_topic(FLEET, bundle.digest), signature.encode(), retain=True)
+    desired = Desired(bundle=bundle_ref(bundle.manifest, bundle.digest), rollback=rollback,
+                      manifest_topic=manifest_topic(FLEET, bundle.digest), issued_at=int(time.time() * 1000))
+    listener.publish(device_topic(FLEET, DEVICE, DeviceChannel.DESIRED), sign_desired(desired, key).encode(),
+                     retain=True)
+
+
+def test_trust_signatures_and_downgrades(
+    mosquitto: BrokerHandle, processes: Processes, bundles: tuple[Bundle, Bundle], digits: TrainedExample,
+    tmp_path: Path,
+) -> None:
+    v1, v2 = bundles
+    trusted, stranger = SigningKey.generate(), SigningKey.generate()
+    trust_dir = tmp_path / "trust"
+    trust_dir.mkdir()
+    trusted.save_public(trust_dir / "fleet.pub")
+    listener = Listener(mosquitto, device_filter(FLEET, DeviceChannel.REPORTED),
+                        device_filter(FLEET, DeviceChannel.EVENTS))
+    try:
+        agent = processes.agent(DEVICE, mosquitto, FLEET, trust_dir=trust_dir)
+        # Unsigned desired message: dropped, reported as an event, nothing installed.
+        publish_bundle(listener, v1)
+        publish_desired(listener, v1)
+        wait_until(lambda: EventKind.DESIRED_REJECTED in [e.kind for e in events(listener)], 15,
+                   "the unsigned desired message to be rejected")
+        # Signed by a key the device does not trust: the same.
+        before = len(events(listener))
+        _signed(listener, v1, stranger)
+        wait_until(lambda: EventKind.DESIRED_REJECTED in [e.kind for e in events(listener)[before:]], 15,
+                   "the stranger's desired message to be rejected")
+        assert last_reported(listener) is None or last_reported(listener).active is None  # type: ignore[union-attr]
+        # Trusted desired message, but the bundle's signature does not verify: the update fails.
+        _signed(listener, v1, trusted, corrupt_signature=True)
+
+        def failed() -> Reported | None:
+            r = last_reported(listener)
+            return r if r is not None and r.phase is UpdatePhase.FAILED else None
+
+        report = wait_until(failed, 20, "the mis-signed bundle to be refused")
+        assert report.last_error is not None and report.last_error.code == "signature_invalid"
+        # Properly signed: installed.
+        _signed(listener, v1, trusted)
+        wait_until(lambda: _committed(listener, v1), 30, "signed digits:1 committed")
+        _signed(listener, v2, trusted)
+        wait_until(lambda: _committed(listener, v2), 30, "signed digits:2 committed")
+        # An older version (by creation time) is refused unless the desired message is a rollback.
+        old = build_bundle(digits.model_path, tmp_path / "v0.zip", name="digits", version="0",
+                           created_at="2020-01-01T00:00:00Z", chunk_size=4096)
+        _signed(listener, old, trusted)
+        report = wait_until(failed, 30, "the downgrade to be refused")
+        assert report.last_error is not None and report.last_error.code == "downgrade_refused"
+        assert report.active is not None and report.active.digest == v2.digest
+        _signed(listener, old, trusted, rollback=True)
+        wait_until(lambda: _committed(listener, old), 30, "the signed rollback to digits:0")
+        assert agent.alive
+    finally:
+        listener.close()

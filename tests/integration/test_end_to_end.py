@@ -45,8 +45,11 @@ def test_deploy_converges_and_telemetry_arrives(
 ) -> None:
     home = tmp_path / "home"
     np.savez(tmp_path / "ref.npz", X=digits.reference)
+    # Devices trust the fleet's key; the server signs bundles and desired messages with it.
+    edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
+    edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
     server = processes.server(home, broker)
-    agents = [processes.agent(d, broker) for d in DEVICES]
+    agents = [processes.agent(d, broker, trust_dir=tmp_path / "trust") for d in DEVICES]
     store = Store(home / "edgeops.db")
     wait_until(lambda: len([d for d in store.devices("default") if d.online]) == len(DEVICES), 30,
                "every agent's birth message")
