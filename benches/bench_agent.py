@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_agent.json"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_us(fn: Callable[[], object], rounds: int, number: int) -> float:
@@ -39,17 +38,25 @@ def median_us(fn: Callable[[], object], rounds: int, number: int) -> float:
     return float(np.median(samples))
 
 
-def installed_agent(workdir: Path) -> tuple[Any, Any, np.ndarray]:
-    """An Agent (not connected) serving the digits MLP from its slot, exactly as after an update."""
-    from device_agent.agent import Agent
-    from device_agent.config import AgentConfig
+def build_digits_bundle(workdir: Path) -> tuple[Path, np.ndarray]:
+    """The digits MLP packaged as a bundle file, and test rows (training happens here, not in the agent)."""
     from edgeops.bundle import build_bundle
     from edgeops.examples import train_digits_mlp
-    from edgeops.manifest import MANIFEST_FILE, bundle_ref
 
     trained = train_digits_mlp(workdir / "digits.onnx")
-    bundle = build_bundle(trained.model_path, workdir / "b.zip", name="digits", version="1",
-                          reference=trained.reference)
+    build_bundle(trained.model_path, workdir / "b.zip", name="digits", version="1", reference=trained.reference)
+    np.save(workdir / "x_test.npy", trained.x_test)
+    return workdir / "b.zip", trained.x_test
+
+
+def installed_agent(bundle_path: Path, workdir: Path) -> tuple[Any, Any]:
+    """An Agent (not connected) serving a bundle from its slot, exactly as after an update."""
+    from device_agent.agent import Agent
+    from device_agent.config import AgentConfig
+    from edgeops.bundle import open_bundle
+    from edgeops.manifest import MANIFEST_FILE, bundle_ref
+
+    bundle = open_bundle(bundle_path)
     agent = Agent(AgentConfig(device_id="bench", data_dir=workdir / "agent", allow_unsigned=True))
     slot = workdir / "agent" / "slots" / "a"
     for name, data in bundle.files.items():
@@ -57,12 +64,13 @@ def installed_agent(workdir: Path) -> tuple[Any, Any, np.ndarray]:
     (slot / MANIFEST_FILE).write_bytes(bundle.manifest_bytes)
     loaded = agent._load_slot("a", bundle_ref(bundle.manifest, bundle.digest))
     agent._serve(loaded)
-    return agent, loaded, trained.x_test
+    return agent, loaded
 
 
 def bench_overhead(rounds: int, number: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        agent, loaded, x_test = installed_agent(Path(tmp))
+        bundle_path, x_test = build_digits_bundle(Path(tmp))
+        agent, loaded = installed_agent(bundle_path, Path(tmp))
         session = loaded.model._session
         x = np.ascontiguousarray(x_test[:1])
         names = [o.name for o in loaded.manifest.outputs]
@@ -76,24 +84,29 @@ def bench_overhead(rounds: int, number: int) -> dict[str, float]:
 
 
 RSS_SCRIPT = """
-import resource, sys, tempfile
+import sys, tempfile
 from pathlib import Path
-sys.path.insert(0, {root!r})
-import numpy as np
 sys.path.insert(0, {bench!r})
+import numpy as np
 from bench_agent import installed_agent
+x_test = np.load({x!r})
 with tempfile.TemporaryDirectory() as tmp:
-    agent, loaded, x_test = installed_agent(Path(tmp))
+    agent, loaded = installed_agent(Path({bundle!r}), Path(tmp))
     for i in range(1000):
-        agent.predict(np.ascontiguousarray(x_test[i % len(x_test): i % len(x_test) + 1]))
+        j = i % len(x_test)
+        agent.predict(np.ascontiguousarray(x_test[j:j + 1]))
     import psutil
     print(psutil.Process().memory_info().rss / 2**20)
 """
 
 
 def bench_rss() -> float:
-    script = RSS_SCRIPT.format(root=str(ROOT), bench=str(Path(__file__).resolve().parent))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    """RSS of a fresh interpreter that imports only the agent stack and serves 1,000 inferences."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_path, _ = build_digits_bundle(Path(tmp))
+        script = RSS_SCRIPT.format(bench=str(Path(__file__).resolve().parent), bundle=str(bundle_path),
+                                   x=str(Path(tmp) / "x_test.npy"))
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from device_agent.config import AgentConfig
-from device_agent.local_api import LocalApiServer
 from device_agent.probation import ProbationPolicy, ProbationTracker, Verdict
 from device_agent.resources import ResourceSampler
 from device_agent.simulation import DriftSpec, FaultInjector, FaultSpec, InjectedFault, InputStream, make_input_stream
@@ -180,7 +179,7 @@ class Agent:
         self._window_started = 0.0
         self._next_inference = 0.0
         self._inputs: InputStream | None = None
-        self.api: LocalApiServer | None = None
+        self.api: Any = None  # LocalApiServer, imported only when configured (http.server costs RSS)
         faults = FaultSpec.parse(config.simulate_faults) if config.simulate_faults else None
         self._faults = FaultInjector(faults, seed=config.seed) if faults else None
         fleet, device = config.fleet, config.device_id
@@ -796,6 +795,8 @@ class Agent:
             self._inputs = make_input_stream(self.config.input_source, self.config.seed,
                                              DriftSpec.parse(self.config.simulate_drift))
         if self.config.api_port or self.config.api_socket:
+            from device_agent.local_api import LocalApiServer
+
             self.api = LocalApiServer(self.predict, self.describe, port=self.config.api_port,
                                       unix_socket=self.config.api_socket)
             self.api.start()
