@@ -24,8 +24,10 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,7 @@ from edgeops.drift import DriftMonitor, ReferenceProfile
 from edgeops.errors import (
     BundleError,
     ChecksumError,
+    DriftError,
     EdgeOpsError,
     InferenceInputError,
     ManifestError,
@@ -132,9 +135,13 @@ class LoadedModel:
     manifest: Manifest
     model: Model
     drift: DriftMonitor | None
+    input_name: str = ""
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.model.run({self.manifest.inputs[0].name: x})
+    def __post_init__(self) -> None:
+        self.input_name = self.manifest.inputs[0].name
+        single = getattr(self.model, "run_single", None)
+        self.run: Callable[[np.ndarray], dict[str, np.ndarray]] = single or (
+            lambda x: self.model.run({self.input_name: x}))
 
 
 @dataclass
@@ -333,7 +340,7 @@ class Agent:
             serving = self.serving
             if serving is None:
                 raise ModelLoadError("no model is active on this device yet")
-            start = time.perf_counter()
+            start = perf_counter()
             try:
                 if self._faults is not None and self.config.simulate_faults_version in ("", serving.ref.version):
                     self._faults.before_inference()
@@ -346,12 +353,16 @@ class Agent:
             except RuntimeError as exc:  # onnxruntime's run-time failures
                 self._record_error()
                 raise ModelLoadError(f"inference failed: {exc}") from exc
-            latency_ms = (time.perf_counter() - start) * 1000.0
+            latency_ms = (perf_counter() - start) * 1000.0
             self.window.record(latency_ms)
             if self.probation is not None:
                 self.probation.record(latency_ms)
             if serving.drift is not None:
-                serving.drift.update(x)
+                # The reference profile has one feature per input element (images are flattened).
+                try:
+                    serving.drift.update(x if x.ndim == 2 else x.reshape(len(x), -1))
+                except DriftError as exc:
+                    self.drops.drop("drift", "drift", exc)
             return outputs
 
     def _record_error(self) -> None:

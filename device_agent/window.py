@@ -23,14 +23,17 @@ class WindowSummary:
 class WindowStats:
     def __init__(self, capacity: int = 1024) -> None:
         self._latency_ms = np.empty(capacity, dtype=np.float64)
+        self._capacity = capacity
         self._n = 0
         self.errors = 0
 
     def record(self, latency_ms: float) -> None:
-        if self._n == len(self._latency_ms):
-            self._latency_ms = np.resize(self._latency_ms, 2 * len(self._latency_ms))
-        self._latency_ms[self._n] = latency_ms
-        self._n += 1
+        n = self._n
+        if n == self._capacity:
+            self._latency_ms = np.resize(self._latency_ms, 2 * self._capacity)
+            self._capacity *= 2
+        self._latency_ms[n] = latency_ms
+        self._n = n + 1
 
     def record_error(self) -> None:
         self.errors += 1

@@ -92,6 +92,11 @@ class OnnxModel:
         self.inputs = [self._spec(a) for a in self._session.get_inputs()]
         self.outputs = [self._spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._input_names = {s.name for s in self.inputs}
+        # The hot path's checks, precomputed: dtype, rank and the fixed dimensions per input.
+        self._fast = {s.name: (np.dtype(s.dtype), len(s.shape), tuple((i, d) for i, d in enumerate(s.shape)
+                                                                        if d is not None)) for s in self.inputs}
+        self._specs = {s.name: s for s in self.inputs}
 
     @staticmethod
     def _spec(arg: object) -> TensorSpec:
@@ -102,11 +107,37 @@ class OnnxModel:
         return TensorSpec(name=arg.name, dtype=dtype, shape=[_dim(d) for d in arg.shape])  # type: ignore[attr-defined]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = {s.name for s in self.inputs}
-        if set(feeds) != expected:
-            raise InferenceInputError(f"inputs {sorted(feeds)} where {sorted(expected)} are expected")
-        checked = {s.name: check_input(s, feeds[s.name]) for s in self.inputs}
+        if feeds.keys() != self._input_names:
+            raise InferenceInputError(f"inputs {sorted(feeds)} where {sorted(self._input_names)} are expected")
+        checked: dict[str, np.ndarray] = {}
+        for name, array in feeds.items():
+            dtype, rank, fixed = self._fast[name]
+            # Fast path (the agent's per-inference cost): exact dtype, rank and fixed dimensions.
+            ok = type(array) is np.ndarray and (array.dtype is dtype or array.dtype == dtype) and array.ndim == rank
+            if ok:
+                shape = array.shape
+                for axis, size in fixed:
+                    if shape[axis] != size:
+                        ok = False
+                        break
+            checked[name] = array if ok else check_input(self._specs[name], array)
         results = self._session.run(self._output_names, checked)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def run_single(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``run`` for a single-input model without building a feed mapping first (the agent's hot path)."""
+        if len(self.inputs) != 1:
+            return self.run({s.name: x for s in self.inputs})
+        name = self.inputs[0].name
+        dtype, rank, fixed = self._fast[name]
+        ok = type(x) is np.ndarray and (x.dtype is dtype or x.dtype == dtype) and x.ndim == rank
+        if ok:
+            shape = x.shape
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    ok = False
+                    break
+        results = self._session.run(self._output_names, {name: x if ok else check_input(self.inputs[0], x)})
         return dict(zip(self._output_names, results, strict=True))
 
 

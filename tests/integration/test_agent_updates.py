@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from device_agent.local_api import predict_over_http, request
@@ -26,6 +27,7 @@ from edgeops.protocol import (
     signature_topic,
 )
 from edgeops.signing import SigningKey, sign_desired, sign_manifest
+from fleet_server.example_models import write_dense_tflite
 from tests.integration.harness import BrokerHandle, Listener, Processes, wait_until
 
 pytestmark = pytest.mark.integration
@@ -329,5 +331,28 @@ def test_trust_signatures_and_downgrades(
         _signed(listener, old, trusted, rollback=True)
         wait_until(lambda: _committed(listener, old), 30, "the signed rollback to digits:0")
         assert agent.alive
+    finally:
+        listener.close()
+
+
+def test_a_tflite_bundle_runs_on_litert(
+    mosquitto: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    model = write_dense_tflite(tmp_path / "dense.tflite", rng.standard_normal((10, 64)) * 0.1, np.zeros(10))
+    bundle = build_bundle(model, tmp_path / "tflite.zip", name="digits", version="1", reference=digits.reference,
+                          chunk_size=4096)
+    assert bundle.manifest.runtime.value == "tflite"
+    listener = Listener(mosquitto, device_filter(FLEET, DeviceChannel.REPORTED),
+                        device_filter(FLEET, DeviceChannel.TELEMETRY))
+    try:
+        processes.agent(DEVICE, mosquitto, FLEET)
+        publish_bundle(listener, bundle)
+        publish_desired(listener, bundle)
+        wait_until(lambda: _committed(listener, bundle), 30, "the TFLite version committed")
+        seen = len(listener.on(device_topic(FLEET, DEVICE, DeviceChannel.TELEMETRY)))
+        windows = wait_until(lambda: [t for t in telemetry_since(listener, seen) if t.inferences > 0], 15,
+                             "telemetry from the TFLite model")
+        assert windows[0].errors == 0 and windows[0].drift_score is not None
     finally:
         listener.close()
