@@ -100,10 +100,24 @@ with tempfile.TemporaryDirectory() as tmp:
 """
 
 
-def bench_rss() -> float:
+def build_tflite_bundle(workdir: Path) -> tuple[Path, np.ndarray]:
+    """A dense 64 -> 10 TFLite model (LiteRT runs it) with the digits reference, as a bundle file."""
+    from edgeops.bundle import build_bundle
+    from edgeops.examples import train_digits_mlp
+    from fleet_server.example_models import write_dense_tflite
+
+    trained = train_digits_mlp(workdir / "digits.onnx")
+    rng = np.random.default_rng(0)
+    model = write_dense_tflite(workdir / "dense.tflite", rng.standard_normal((10, 64)) * 0.1, np.zeros(10))
+    build_bundle(model, workdir / "b.zip", name="dense", version="1", reference=trained.reference)
+    np.save(workdir / "x_test.npy", trained.x_test)
+    return workdir / "b.zip", trained.x_test
+
+
+def bench_rss(build: Callable[[Path], tuple[Path, np.ndarray]] = build_digits_bundle) -> float:
     """RSS of a fresh interpreter that imports only the agent stack and serves 1,000 inferences."""
     with tempfile.TemporaryDirectory() as tmp:
-        bundle_path, _ = build_digits_bundle(Path(tmp))
+        bundle_path, _ = build(Path(tmp))
         script = RSS_SCRIPT.format(bench=str(Path(__file__).resolve().parent), bundle=str(bundle_path),
                                    x=str(Path(tmp) / "x_test.npy"))
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -142,15 +156,18 @@ def main() -> None:
     results: dict[str, Any] = {"machine": platform.machine(), "python": platform.python_version()}
     results.update(bench_overhead(rounds, number))
     results["rss_mb_after_1000_onnxruntime"] = bench_rss()
+    results["rss_mb_after_1000_litert"] = bench_rss(build_tflite_bundle)
     results.update(bench_spool(spool_n))
     targets = {
         "agent path overhead <= 3 us over a bare onnxruntime run": (results["overhead_us"], 3.0),
         "RSS after 1,000 inferences (onnxruntime) <= 75 MB": (results["rss_mb_after_1000_onnxruntime"], 75.0),
+        "RSS after 1,000 inferences (LiteRT) <= 55 MB": (results["rss_mb_after_1000_litert"], 55.0),
     }
     print("agent inference path, digits MLP, batch 1, 1 intra-op thread")
     for key in ("raw_ort_run_us", "checked_run_us", "drift_fold_us", "agent_predict_us", "overhead_us"):
         print(f"  {key:<28} {results[key]:10.2f} us")
     print(f"  {'RSS after 1,000 (ORT)':<28} {results['rss_mb_after_1000_onnxruntime']:10.1f} MB")
+    print(f"  {'RSS after 1,000 (LiteRT)':<28} {results['rss_mb_after_1000_litert']:10.1f} MB")
     print(f"  {'spool writes':<28} {results['spool_write_per_s']:10.0f} /s")
     print(f"  {'spool drain (read+ack)':<28} {results['spool_drain_per_s']:10.0f} /s")
     print("targets")

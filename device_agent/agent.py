@@ -211,6 +211,9 @@ class Agent:
         log.info("update state device=%s %s -> %s event=%s", self.config.device_id, before.value, after.value,
                  event.value)
         self._publish_reported()
+        update = self.state.update
+        self._event(EventKind.UPDATE_STATE, f"{before.value} -> {after.value} ({event.value})",
+                    update.target if update else None)
         if self._crash_at == after.value:
             log.warning("crash hook: SIGKILL in state %s", after.value)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -731,8 +734,13 @@ class Agent:
             cpu_percent=self.resources.cpu_percent(),
             rss_mb=self.resources.rss_mb(),
             temperature_c=self.resources.temperature_c(),
+            spool_rows=len(self.spool),
+            spool_evicted_total=self.spool.stats().evicted_total,
         )
         self._send_durable(DeviceChannel.TELEMETRY, telemetry)
+        if report is not None and report.dataset_drift:
+            self._event(EventKind.DRIFT_ALERT, f"{len(report.drifted_features)} of {len(report.features)} features "
+                        f"drifted (score {report.overall_score:.2f}) on {serving.ref.label if serving else '-'}")
         if report is not None:
             features = [
                 FeatureDriftDetail(

@@ -187,6 +187,8 @@ class UpdatePhase(str, enum.Enum):
 
 class EventKind(str, enum.Enum):
     AGENT_STARTED = "agent_started"
+    #: Every transition of the update state machine ("fetching -> verifying").
+    UPDATE_STATE = "update_state"
     UPDATE_STARTED = "update_started"
     UPDATE_COMMITTED = "update_committed"
     UPDATE_FAILED = "update_failed"
@@ -306,6 +308,9 @@ class Telemetry(Message):
     cpu_percent: float | None = None
     rss_mb: float | None = None
     temperature_c: float | None = None
+    #: Messages waiting in the device's on-disk spool, and how many it ever evicted when full.
+    spool_rows: Count = 0
+    spool_evicted_total: Count = 0
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,21 @@ def test_versions_are_immutable(tmp_path: Path, digits: TrainedExample, digits_v
 def test_bad_broker_address(tmp_path: Path) -> None:
     assert_one_line_error(run("server", "--home", str(tmp_path), "--broker", "localhost:notaport"),
                           "port must be a number")
+
+
+def test_agent_init_writes_a_config_the_agent_reads_and_a_systemd_unit(tmp_path: Path) -> None:
+    out = tmp_path / "etc" / "agent.toml"
+    result = run("agent", "init", "--device-id", "pi-01", "--broker", "fleet.local:1884", "--data-dir",
+                 str(tmp_path / "data"), "--trust-dir", str(tmp_path / "keys"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    unit = (tmp_path / "etc" / "edgeops-agent.service").read_text()
+    assert f"agent --config {out}" in unit and "Restart=always" in unit
+    from device_agent.config import load_agent_config
+
+    config = load_agent_config(out, {}, {})
+    assert (config.device_id, str(config.broker), config.trust_dir) == ("pi-01", "fleet.local:1884",
+                                                                        tmp_path / "keys")
+    assert_one_line_error(run("agent", "init", "--device-id", "pi-01", "--broker", "x:1", "--out", str(out)),
+                          "exists; use --force")
+    # The written file starts an agent that refuses to run without its trust directory.
+    assert_one_line_error(run("agent", "--config", str(out)), "trust directory")
