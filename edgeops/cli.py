@@ -31,6 +31,7 @@ from edgeops.cli_common import (
 )
 from edgeops.cli_keys import keys_app
 from edgeops.cli_model import model_app
+from edgeops.cli_rollout import audit_app, rollout_app
 from edgeops.errors import ConfigError, EdgeOpsError
 
 app = typer.Typer(
@@ -42,6 +43,8 @@ app = typer.Typer(
 devices_app = typer.Typer(help="See the devices of a fleet.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(model_app, name="model")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 
 def _setup_logging(level: str) -> None:

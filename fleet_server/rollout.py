@@ -62,8 +62,11 @@ class Gates:
     min_sample: int = 1
     #: Mean error rate (errors / (inferences + errors)) on the target over the stage's devices.
     max_error_rate: float = 0.05
-    #: Mean p95 latency on the target divided by the same devices' p95 on their previous version.
+    #: Mean p95 latency on the target divided by the same devices' p95 on their previous version ...
     max_latency_ratio: float = 1.5
+    #: ... judged only when the p95 also grew by more than this many milliseconds: at sub-millisecond
+    #: latencies the ratio is scheduling noise, not a regression.
+    latency_floor_ms: float = 1.0
     #: Mean drift score on the target (0..1 share of drifted features); None: not gated.
     max_drift_score: float | None = None
     #: Seconds every stage device must have run the target before health is judged.
@@ -115,6 +118,8 @@ class Rollout:
     #: When every device of the current stage first was committed (start of the soak).
     stage_settled_ms: int | None = None
     reason: str = ""
+    #: Which devices: ``all`` or comma-separated device ids (the driver resolves it).
+    selector: str = "all"
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -241,10 +246,11 @@ def evaluate_stage(rollout: Rollout, observations: dict[str, Observation], now_m
     error_rate = _mean([o.error_rate for o in on_target if o.error_rate is not None])
     if error_rate is not None and error_rate > g.max_error_rate:
         return StageVerdict(False, True, f"error rate {error_rate:.1%} exceeds {g.max_error_rate:.1%}")
-    ratios = [o.latency_ms_p95 / o.baseline_latency_ms_p95 for o in on_target
-              if o.latency_ms_p95 is not None and o.baseline_latency_ms_p95]
-    ratio = _mean(ratios)
-    if ratio is not None and ratio > g.max_latency_ratio:
+    pairs = [(o.latency_ms_p95, o.baseline_latency_ms_p95) for o in on_target
+             if o.latency_ms_p95 is not None and o.baseline_latency_ms_p95]
+    ratio = _mean([p95 / base for p95, base in pairs])
+    growth = _mean([p95 - base for p95, base in pairs])
+    if ratio is not None and growth is not None and ratio > g.max_latency_ratio and growth > g.latency_floor_ms:
         return StageVerdict(False, True,
                             f"p95 latency {ratio:.2f}x the previous version (limit {g.max_latency_ratio}x)")
     drift = _mean([o.drift_score for o in on_target if o.drift_score is not None])
@@ -377,3 +383,73 @@ def _command(rollout: Rollout, allowed: set[RolloutState], new: RolloutState, re
         raise ConfigError(f"rollout {rollout.id} is {rollout.state.value}; cannot go to {new.value}")
     actions: list[Action] = []
     return Decision(_with_state(rollout, new, reason, actions), tuple(actions))
+
+
+# --- persistence (pure): a rollout as a JSON-safe dict and back -----------------------------------
+
+
+def rollout_to_dict(rollout: Rollout) -> dict[str, object]:
+    return {
+        "version": 1,
+        "id": rollout.id,
+        "target_digest": rollout.target_digest,
+        "stages": [
+            {"name": s.name, "percent": s.percent, "count": s.count, "approval": s.approval,
+             "gates": dict(s.gates.__dict__)}
+            for s in rollout.stages
+        ],
+        "policy": rollout.policy.value,
+        "max_concurrent": rollout.max_concurrent,
+        "state": rollout.state.value,
+        "stage_index": rollout.stage_index,
+        "assigned": dict(rollout.assigned),
+        "previous": dict(rollout.previous),
+        "stage_settled_ms": rollout.stage_settled_ms,
+        "reason": rollout.reason,
+        "selector": rollout.selector,
+    }
+
+
+def rollout_from_dict(data: dict[str, object]) -> Rollout:
+    if data.get("version") != 1:
+        raise ConfigError(f"unknown rollout record version {data.get('version')!r}")
+    stages = tuple(
+        Stage(name=s["name"], percent=s["percent"], count=s["count"], approval=s["approval"],
+              gates=Gates(**s["gates"]))
+        for s in data["stages"]  # type: ignore[attr-defined]
+    )
+    return Rollout(
+        id=str(data["id"]),
+        target_digest=str(data["target_digest"]),
+        stages=stages,
+        policy=FailurePolicy(data["policy"]),
+        max_concurrent=int(data["max_concurrent"]),  # type: ignore[call-overload]
+        state=RolloutState(data["state"]),
+        stage_index=int(data["stage_index"]),  # type: ignore[call-overload]
+        assigned={str(k): int(v) for k, v in data["assigned"].items()},  # type: ignore[attr-defined]
+        previous={str(k): v for k, v in data["previous"].items()},  # type: ignore[attr-defined]
+        stage_settled_ms=data["stage_settled_ms"],  # type: ignore[arg-type]
+        reason=str(data["reason"]),
+        selector=str(data.get("selector", "all")),
+    )
+
+
+def parse_stages(text: str, gates: Gates) -> tuple[Stage, ...]:
+    """``canary:1,10%,50%,100%`` -> stages; a bare number is a device count, ``N%`` a share."""
+    stages = []
+    for i, part in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        name, sep, size = part.partition(":")
+        if not sep:
+            name, size = "", part
+        size = size.strip()
+        try:
+            if size.endswith("%"):
+                stage = Stage(name or f"{size}", percent=float(size[:-1]), gates=gates)
+            else:
+                stage = Stage(name or f"{size} devices", count=int(size), gates=gates)
+        except ValueError:
+            raise ConfigError(f"invalid stage {part!r}: expected [NAME:]COUNT or [NAME:]PERCENT%") from None
+        stages.append(replace(stage, name=stage.name if name else (f"stage {i + 1} ({size})")))
+    if not stages:
+        raise ConfigError("no stages given")
+    return tuple(stages)

@@ -39,6 +39,7 @@ from edgeops.signing import KeyRing, sign_desired
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck
 from fleet_server.config import ServerConfig
 from fleet_server.registry import Registry
+from fleet_server.rollout_driver import RolloutService
 from fleet_server.store import Deployment, Store, now_ms
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class FleetServer:
         self.transport = MqttTransport(f"edgeops-server-{config.fleet}", config.broker, clean_session=False)
         self.drops = DropLog(log)
         self.keys = KeyRing(config.home / "keys")
+        self.rollouts = RolloutService(self.store, config.fleet)
         self._published_bundles: set[str] = set()
         self._published_desired: dict[str, int] = {}
         self._broken_bundles: set[str] = set()
@@ -145,7 +147,8 @@ class FleetServer:
             bundle=bundle_ref(bundle.manifest, deployment.digest),
             manifest_topic=manifest_topic(fleet, deployment.digest),
             issued_at=deployment.created_ms,
-            rollout_id=f"deployment-{deployment.id}",
+            rollout_id=deployment.rollout_id or f"deployment-{deployment.id}",
+            rollback=deployment.rollback,
         )
         key = self.keys.active()
         if key is not None:
@@ -175,6 +178,7 @@ class FleetServer:
                 except queue.Empty:
                     pass
                 if time.monotonic() >= next_reconcile:
+                    self.rollouts.tick()
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.config.reconcile_interval_s
         finally:

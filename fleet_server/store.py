@@ -41,7 +41,28 @@ CREATE TABLE IF NOT EXISTS deployments (
     fleet TEXT NOT NULL,
     digest TEXT NOT NULL,
     selector TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    rollout_id TEXT,
+    rollback INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    fleet TEXT NOT NULL,
+    target_digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS devices (
     fleet TEXT NOT NULL,
@@ -132,6 +153,9 @@ class Deployment:
     digest: str
     selector: str
     created_ms: int
+    rollout_id: str | None = None
+    #: A deliberate downgrade (the agent refuses older versions without it).
+    rollback: bool = False
 
     def targets(self, device_id: str) -> bool:
         return self.selector == ALL_DEVICES or device_id in self.selector.split(",")
@@ -175,6 +199,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._migrate_models()
+        self._migrate_deployments()
 
     def close(self) -> None:
         with self._lock:
@@ -196,6 +221,15 @@ class Store:
             return list(self._db.execute(sql, args))
 
     # --- models -------------------------------------------------------------------------------
+
+    def _migrate_deployments(self) -> None:
+        """Add the rollout columns to a ``deployments`` table created by an older version."""
+        with self._lock:
+            have = {r["name"] for r in self._db.execute("PRAGMA table_info(deployments)")}
+            if "rollout_id" not in have:
+                self._db.execute("ALTER TABLE deployments ADD COLUMN rollout_id TEXT")
+            if "rollback" not in have:
+                self._db.execute("ALTER TABLE deployments ADD COLUMN rollback INTEGER NOT NULL DEFAULT 0")
 
     def _migrate_models(self) -> None:
         """Add the lineage/recipe columns to a ``models`` table created by an older version."""
@@ -283,20 +317,80 @@ class Store:
 
     # --- deployments --------------------------------------------------------------------------
 
-    def add_deployment(self, fleet: str, digest: str, selector: str) -> Deployment:
+    def add_deployment(self, fleet: str, digest: str, selector: str, *, rollout_id: str | None = None,
+                       rollback: bool = False) -> Deployment:
         created = now_ms()
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO deployments (fleet, digest, selector, created_ms) VALUES (?,?,?,?)",
-                (fleet, digest, selector, created),
+                "INSERT INTO deployments (fleet, digest, selector, created_ms, rollout_id, rollback) "
+                "VALUES (?,?,?,?,?,?)",
+                (fleet, digest, selector, created, rollout_id, int(rollback)),
             )
             ident = cur.lastrowid
         assert ident is not None
-        return Deployment(ident, fleet, digest, selector, created)
+        return Deployment(ident, fleet, digest, selector, created, rollout_id, rollback)
 
     def deployments(self, fleet: str) -> list[Deployment]:
         rows = self._query("SELECT * FROM deployments WHERE fleet=? ORDER BY id", (fleet,))
-        return [Deployment(**dict(r)) for r in rows]
+        return [Deployment(**{**dict(r), "rollback": bool(r["rollback"])}) for r in rows]
+
+    # --- rollouts and audit ---------------------------------------------------------------------
+
+    def create_rollout(self, fleet: str, rollout_id: str, target_digest: str, state: str, record: str) -> None:
+        now = now_ms()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM rollouts WHERE id=?", (rollout_id,)).fetchone():
+                raise ConfigError(f"rollout {rollout_id} exists already")
+            db.execute("INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?)",
+                       (rollout_id, fleet, target_digest, state, record, 1, now, now))
+
+    def rollout_record(self, rollout_id: str) -> tuple[str, int]:
+        """The stored record and its revision (for an optimistic update)."""
+        rows = self._query("SELECT record, revision FROM rollouts WHERE id=?", (rollout_id,))
+        if not rows:
+            raise NotFoundError(f"unknown rollout {rollout_id!r}")
+        return str(rows[0]["record"]), int(rows[0]["revision"])
+
+    def rollout_created_ms(self, rollout_id: str) -> int:
+        rows = self._query("SELECT created_ms FROM rollouts WHERE id=?", (rollout_id,))
+        if not rows:
+            raise NotFoundError(f"unknown rollout {rollout_id!r}")
+        return int(rows[0]["created_ms"])
+
+    def update_rollout(self, rollout_id: str, revision: int, state: str, record: str) -> bool:
+        """Write if nobody else did since ``revision`` was read; False means read again and retry."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE rollouts SET record=?, state=?, revision=revision+1, updated_ms=? "
+                             "WHERE id=? AND revision=?", (record, state, now_ms(), rollout_id, revision))
+            return cur.rowcount == 1
+
+    def rollout_ids(self, fleet: str, states: tuple[str, ...] | None = None) -> list[str]:
+        if states:
+            marks = ",".join("?" * len(states))
+            rows = self._query(f"SELECT id FROM rollouts WHERE fleet=? AND state IN ({marks}) ORDER BY created_ms",
+                               (fleet, *states))
+        else:
+            rows = self._query("SELECT id FROM rollouts WHERE fleet=? ORDER BY created_ms", (fleet,))
+        return [str(r["id"]) for r in rows]
+
+    def audit(self, actor: str, action: str, target: str, reason: str = "", details: str = "{}") -> None:
+        """Append to the audit log: who did what to what, when and why."""
+        with self._tx() as db:
+            db.execute("INSERT INTO audit (ts_ms, actor, action, target, reason, details) VALUES (?,?,?,?,?,?)",
+                       (now_ms(), actor, action, target, reason, details))
+
+    def audit_log(self, limit: int = 100, target: str | None = None) -> list[dict[str, Any]]:
+        if target is None:
+            rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT * FROM audit WHERE target=? ORDER BY id DESC LIMIT ?", (target, limit))
+        return [dict(r) for r in rows]
+
+    def telemetry_windows(self, fleet: str, device_id: str, since_ms: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest telemetry windows of a device (newest first)."""
+        rows = self._query("SELECT payload FROM telemetry WHERE fleet=? AND device_id=? AND ts_ms>=? "
+                           "ORDER BY ts_ms DESC LIMIT ?", (fleet, device_id, since_ms, limit))
+        return [json.loads(r["payload"]) for r in rows]
 
     def desired_for(self, fleet: str) -> dict[str, Deployment]:
         """The deployment each device should follow: the newest one that targets it."""

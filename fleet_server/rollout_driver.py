@@ -1,0 +1,178 @@
+"""Drives stored rollouts: observations from the store in, actions out, all of it audited.
+
+The decisions are :func:`fleet_server.rollout.decide`'s; this module only reads and writes. Every
+write of a rollout is optimistic (a revision number), so the CLI and the server can both act on it.
+Actions are applied idempotently and *derived from the stored rollout* on every tick (assigned
+devices must desire the target, reverted ones their previous version), so a server killed between
+saving a decision and publishing it carries on correctly after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from statistics import median
+
+from edgeops.errors import ConfigError, NotFoundError
+from fleet_server.rollout import (
+    Assign,
+    Decision,
+    Observation,
+    Revert,
+    Rollout,
+    RolloutState,
+    StateChange,
+    decide,
+    rollout_from_dict,
+    rollout_to_dict,
+)
+from fleet_server.store import ALL_DEVICES, Store, now_ms
+
+log = logging.getLogger(__name__)
+#: Telemetry windows per device that the health gates look at.
+WINDOWS = 5
+LIVE = (RolloutState.RUNNING.value, RolloutState.PAUSED.value, RolloutState.WAITING_FOR_APPROVAL.value)
+
+
+class RolloutService:
+    def __init__(self, store: Store, fleet: str) -> None:
+        self.store = store
+        self.fleet = fleet
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def get(self, rollout_id: str) -> Rollout:
+        record, _ = self.store.rollout_record(rollout_id)
+        return rollout_from_dict(json.loads(record))
+
+    def all_rollouts(self) -> list[Rollout]:
+        return [self.get(i) for i in self.store.rollout_ids(self.fleet)]
+
+    def selected(self, rollout: Rollout) -> list[str]:
+        if rollout.selector == ALL_DEVICES:
+            return [d.device_id for d in self.store.devices(self.fleet)]
+        return [d for d in rollout.selector.split(",") if d]
+
+    def observations(self, rollout: Rollout, devices: list[str]) -> dict[str, Observation]:
+        rows = {d.device_id: d for d in self.store.devices(self.fleet)}
+        target = self._version(rollout.target_digest)
+        out: dict[str, Observation] = {}
+        for device_id in devices:
+            row = rows.get(device_id)
+            if row is None:
+                continue
+            windows = self.store.telemetry_windows(self.fleet, device_id, limit=50)
+            on_target = [w for w in windows if (w.get("model"), w.get("model_version")) == target][:WINDOWS]
+            previous = self._version(rollout.previous.get(device_id))
+            before = [w for w in windows if previous and (w.get("model"), w.get("model_version")) == previous]
+            inferences = sum(int(w.get("inferences", 0)) for w in on_target)
+            errors = sum(int(w.get("errors", 0)) for w in on_target)
+            out[device_id] = Observation(
+                device_id=device_id,
+                online=row.online,
+                last_seen_ms=row.last_seen_ms,
+                phase=row.phase,
+                active_digest=row.active_digest,
+                error_rate=errors / (inferences + errors) if inferences + errors else None,
+                latency_ms_p95=_median(on_target, "latency_ms_p95"),
+                drift_score=_median(on_target, "drift_score"),
+                baseline_latency_ms_p95=_median(before[:WINDOWS], "latency_ms_p95"),
+            )
+        return out
+
+    def _version(self, digest: str | None) -> tuple[str, str] | None:
+        if digest is None:
+            return None
+        try:
+            row = self.store.model_by_digest(digest)
+        except NotFoundError:
+            return None
+        return row.name, row.version
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def create(self, rollout: Rollout, actor: str) -> Rollout:
+        self.store.create_rollout(self.fleet, rollout.id, rollout.target_digest, rollout.state.value,
+                                  json.dumps(rollout_to_dict(rollout)))
+        self.store.audit(actor, "rollout_create", rollout.id, "", json.dumps(rollout_to_dict(rollout)))
+        return rollout
+
+    def apply_command(self, rollout_id: str, command: Callable[[Rollout], Decision], actor: str,
+                      action: str) -> Rollout:
+        """Run an operator command (pause, resume, ...) with an optimistic write; retried on conflict."""
+        for _ in range(20):
+            record, revision = self.store.rollout_record(rollout_id)
+            decision = command(rollout_from_dict(json.loads(record)))
+            if self._save(decision, revision):
+                self.store.audit(actor, action, rollout_id, decision.rollout.reason)
+                self._apply(decision.rollout, decision.actions, actor)
+                return decision.rollout
+        raise ConfigError(f"rollout {rollout_id} is changing too fast; try again")
+
+    def tick(self, now: int | None = None) -> None:
+        """One driver step over every live rollout."""
+        now = now_ms() if now is None else now
+        for rollout_id in self.store.rollout_ids(self.fleet, LIVE):
+            record, revision = self.store.rollout_record(rollout_id)
+            rollout = rollout_from_dict(json.loads(record))
+            devices = self.selected(rollout)
+            decision = decide(rollout, devices, self.observations(rollout, devices), now)
+            if decision.rollout != rollout and not self._save(decision, revision):
+                continue  # an operator changed it meanwhile: decide again next tick
+            self._apply(decision.rollout, decision.actions, "server")
+        for rollout_id in self.store.rollout_ids(self.fleet, (RolloutState.ROLLED_BACK.value,)):
+            self._ensure_desired(self.get(rollout_id))
+
+    def _save(self, decision: Decision, revision: int) -> bool:
+        r = decision.rollout
+        return self.store.update_rollout(r.id, revision, r.state.value, json.dumps(rollout_to_dict(r)))
+
+    def _apply(self, rollout: Rollout, actions: tuple[object, ...], actor: str) -> None:
+        for action in actions:
+            if isinstance(action, StateChange):
+                log.info("rollout %s %s -> %s: %s", rollout.id, action.old.value, action.new.value, action.reason)
+                self.store.audit(actor, "rollout_state", rollout.id, action.reason,
+                                 json.dumps({"old": action.old.value, "new": action.new.value}))
+            elif isinstance(action, Assign):
+                self.store.audit(actor, "rollout_assign", rollout.id, f"stage {action.stage_index + 1}",
+                                 json.dumps({"devices": list(action.device_ids)}))
+            elif isinstance(action, Revert):
+                self.store.audit(actor, "rollout_revert", rollout.id, action.reason,
+                                 json.dumps({"devices": dict(action.targets)}))
+        self._ensure_desired(rollout)
+
+    def _ensure_desired(self, rollout: Rollout) -> None:
+        """Make the store's desired versions match the rollout (idempotent)."""
+        desired = self.store.desired_for(self.fleet)
+        created = self.store.rollout_created_ms(rollout.id)
+        reverting = rollout.state in (RolloutState.ROLLED_BACK, RolloutState.FAILED)
+        wanted: dict[tuple[str, bool], list[str]] = {}
+        for device_id in rollout.assigned:
+            if reverting:
+                digest = rollout.previous.get(device_id)
+                if digest is None or digest == rollout.target_digest:
+                    continue
+            else:
+                digest = rollout.target_digest
+            current = desired.get(device_id)
+            if current is not None and current.digest == digest and current.rollout_id == rollout.id:
+                continue
+            if current is not None and current.rollout_id != rollout.id and current.created_ms >= created:
+                continue  # deployed by someone else after this rollout started: theirs wins
+            wanted.setdefault((digest, reverting), []).append(device_id)
+        for (digest, rollback), devices in wanted.items():
+            self.store.add_deployment(self.fleet, digest, ",".join(sorted(devices)), rollout_id=rollout.id,
+                                      rollback=rollback)
+            log.info("rollout %s desired %s for %d device(s) rollback=%s", rollout.id, digest[:12], len(devices),
+                     rollback)
+
+
+def new_rollout_id() -> str:
+    return "r-" + uuid.uuid4().hex[:8]
+
+
+def _median(windows: list[dict[str, object]], key: str) -> float | None:
+    values = [float(w[key]) for w in windows if isinstance(w.get(key), (int, float))]  # type: ignore[arg-type]
+    return float(median(values)) if values else None

@@ -1,0 +1,91 @@
+"""Staged rollouts end to end: 20 simulated devices, a real broker, the server driving the stages."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeops.examples import TrainedExample
+from fleet_server.store import Store
+from tests.integration.harness import BrokerHandle, Processes, wait_until
+from tests.integration.test_end_to_end import edgeops
+
+pytestmark = pytest.mark.integration
+DEVICES = 20
+
+
+def _status(home: Path, rollout_id: str) -> dict[str, object]:
+    return json.loads(edgeops("rollout", "status", rollout_id, "--json", "--home", str(home)).stdout)
+
+
+def _versions(store: Store) -> dict[str, str | None]:
+    return {d.device_id: d.active_version for d in store.devices("default")}
+
+
+def _start(home: Path, model: str, *extra: str) -> str:
+    out = edgeops("rollout", "start", model, "--stages", "canary:1,50%,100%", "--soak", "2",
+                  "--silence-timeout", "60", "--home", str(home), *extra).stdout
+    return out.split()[1].rstrip(":")
+
+
+def test_staged_rollouts_pass_fail_pause_and_survive_a_server_restart(
+    mosquitto: BrokerHandle, processes: Processes, digits: TrainedExample, digits_v2: TrainedExample,
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
+    edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
+    np.savez(tmp_path / "ref.npz", X=digits.reference)
+    for version, model in (("1", digits), ("2", digits_v2), ("3", digits)):
+        edgeops("model", "add", str(model.model_path), "--name", "digits", "--version", version,
+                "--reference", str(tmp_path / "ref.npz"), "--home", str(home))
+    server = processes.server(home, mosquitto)
+    # Version 3 is slow on every device: 15 ms of added latency per inference.
+    processes.start("simulator", "simulate", "--devices", str(DEVICES), "--data-root", str(tmp_path / "sim"),
+                    "--broker", str(mosquitto.address), "--trust-dir", str(tmp_path / "trust"),
+                    "--telemetry-interval", "1", "--inference-interval", "0.1", "--probation-min-inferences", "3",
+                    "--simulate-faults", "latency=15", "--faults-version", "3")
+    store = Store(home / "edgeops.db")
+    wait_until(lambda: len([d for d in store.devices("default") if d.online]) == DEVICES, 60, "devices online")
+    edgeops("deploy", "digits:1", "--home", str(home))
+    wait_until(lambda: set(_versions(store).values()) == {"1"}, 60, "every device on digits:1")
+
+    # A good version passes every stage; paused it stops assigning, resumed it carries on; a server
+    # killed mid-rollout continues from the store.
+    good = _start(home, "digits:2")
+    wait_until(lambda: _status(home, good)["committed"] >= 1, 60, "the canary committed")
+    edgeops("rollout", "pause", good, "--reason", "checking the canary", "--home", str(home))
+    assigned = _status(home, good)["assigned"]
+    assert _status(home, good)["state"] == "paused"
+    server.kill()
+    server = processes.server(home, mosquitto)
+    time.sleep(2.0)  # two soak periods: a running rollout would have assigned the next stage by now
+    assert _status(home, good)["assigned"] == assigned
+    edgeops("rollout", "resume", good, "--home", str(home))
+    wait_until(lambda: _status(home, good)["state"] == "succeeded", 120, "the good rollout to succeed")
+    wait_until(lambda: set(_versions(store).values()) == {"2"}, 30, "every device on digits:2")
+
+    # A slow version fails the canary's latency gate; the canary is reverted, nobody else touched.
+    bad = _start(home, "digits:3")
+    wait_until(lambda: _status(home, bad)["state"] == "rolled_back", 90, "the bad rollout to roll back")
+    assert "latency" in str(_status(home, bad)["reason"])
+    wait_until(lambda: set(_versions(store).values()) == {"2"}, 60, "the canary back on digits:2")
+    assert _status(home, bad)["assigned"] == 1
+
+    # Policy pause: the failing canary pauses the rollout; an operator rolls it back.
+    paused = _start(home, "digits:3", "--policy", "pause")
+    wait_until(lambda: _status(home, paused)["state"] == "paused", 90, "the gate to pause the rollout")
+    edgeops("rollout", "rollback", paused, "--reason", "too slow", "--home", str(home))
+    wait_until(lambda: set(_versions(store).values()) == {"2"}, 60, "the canary back on digits:2 again")
+
+    audit = json.loads(edgeops("audit", "list", "--json", "--limit", "500", "--home", str(home)).stdout)
+    actions = {(a["action"], a["target"]) for a in audit}
+    for expected in (("rollout_create", good), ("rollout_pause", good), ("rollout_resume", good),
+                     ("rollout_revert", bad), ("rollout_rollback", paused)):
+        assert expected in actions, expected
+    listed = json.loads(edgeops("rollout", "list", "--json", "--home", str(home)).stdout)
+    assert [r["state"] for r in listed] == ["succeeded", "rolled_back", "rolled_back"]
