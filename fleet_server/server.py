@@ -35,6 +35,7 @@ from edgeops.protocol import (
     parse_topic,
     signature_topic,
 )
+from edgeops.schema import Message
 from edgeops.signing import KeyRing, sign_desired
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck
 from fleet_server.config import ServerConfig
@@ -43,6 +44,8 @@ from fleet_server.rollout_driver import RolloutService
 from fleet_server.store import Deployment, Store, now_ms
 
 log = logging.getLogger(__name__)
+#: Received messages handled per store transaction at most (telemetry windows are written together).
+INGEST_BATCH = 500
 
 
 class FleetServer:
@@ -61,38 +64,53 @@ class FleetServer:
     # --- inbound ------------------------------------------------------------------------------
 
     def handle(self, item: Inbound | LinkChange | PublishAck) -> None:
+        """Decode and store one item (see ``handle_batch`` for the ingestion path)."""
+        self.handle_batch([item])
+
+    def handle_batch(self, items: list[Inbound | LinkChange | PublishAck]) -> None:
+        """Decode a batch of received items and store them; telemetry windows in one transaction."""
+        windows: list[Telemetry] = []
+        for item in items:
+            message = self._decode(item)
+            if isinstance(message, Telemetry):
+                windows.append(message)
+            elif message is not None:
+                self._store_message(message)
+        if windows:
+            stored = self.store.record_telemetry_batch(self.config.fleet, windows, now_ms())
+            if stored < len(windows):
+                log.debug("duplicate telemetry windows dropped count=%d", len(windows) - stored)
+
+    def _decode(self, item: Inbound | LinkChange | PublishAck) -> Message | None:
         if isinstance(item, PublishAck):
-            return
+            return None
         if isinstance(item, LinkChange):
             if item.connected:
                 # The broker may have restarted without its retained messages: publish it all again.
                 self._published_bundles.clear()
                 self._published_desired.clear()
-            return
+            return None
         if not item.payload:
-            return  # a cleared retained message
+            return None  # a cleared retained message
         try:
             parsed = parse_topic(item.topic)
             if parsed.kind is not TopicKind.DEVICE or parsed.channel is None or parsed.device_id is None:
-                return  # our own retained artifacts echoed back never arrive (not subscribed)
+                return None  # our own retained artifacts echoed back never arrive (not subscribed)
             message = decode_device_message(parsed.channel, item.payload)
             if device_id_mismatch(parsed, message):
                 raise ProtocolError(f"payload names another device than its topic ({parsed.device_id})")
         except ProtocolError as exc:
             self.drops.drop(item.topic.split("/")[4] if item.topic.count("/") >= 4 else item.topic, item.topic, exc)
-            return
-        self._store_message(message)
+            return None
+        return message
 
-    def _store_message(self, message: object) -> None:
+    def _store_message(self, message: Message) -> None:
         fleet = self.config.fleet
         received = now_ms()
         if isinstance(message, Status):
             self.store.record_status(fleet, message, received)
         elif isinstance(message, Reported):
             self.store.record_reported(fleet, message, received)
-        elif isinstance(message, Telemetry):
-            if not self.store.record_telemetry(fleet, message, received):
-                log.debug("duplicate telemetry window dropped window_id=%s", message.window_id)
         elif isinstance(message, Event):
             self.store.record_event(fleet, message)
             log.info("device event device=%s kind=%s %s", message.device_id, message.kind.value, message.message)
@@ -174,9 +192,16 @@ class FleetServer:
             while not stop.is_set():
                 timeout = max(0.0, next_reconcile - time.monotonic())
                 try:
-                    self.handle(self.transport.inbox.get(timeout=min(timeout, 0.25)))
+                    batch = [self.transport.inbox.get(timeout=min(timeout, 0.25))]
                 except queue.Empty:
-                    pass
+                    batch = []
+                while batch and len(batch) < INGEST_BATCH:
+                    try:
+                        batch.append(self.transport.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if batch:
+                    self.handle_batch(batch)
                 if time.monotonic() >= next_reconcile:
                     self.rollouts.tick()
                     self.reconcile()

@@ -436,21 +436,32 @@ class Store:
 
     def record_telemetry(self, fleet: str, window: Telemetry, received_ms: int) -> bool:
         """Store one window; False if its window_id was stored before (QoS 1 redelivery)."""
-        payload = json.dumps(window.to_dict(), separators=(",", ":"))
+        return self.record_telemetry_batch(fleet, [window], received_ms) == 1
+
+    def record_telemetry_batch(self, fleet: str, windows: list[Telemetry], received_ms: int) -> int:
+        """Store windows in one transaction; duplicates (same window_id) are dropped. Returns how many were new."""
+        stored = 0
+        latest: dict[str, tuple[int, str]] = {}
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO telemetry (window_id, fleet, device_id, ts_ms, payload) VALUES (?,?,?,?,?)",
-                (window.window_id, fleet, window.device_id, window.ts, payload),
-            )
-            if cur.rowcount == 0:
-                return False
-            self._touch(db, fleet, window.device_id, received_ms)
-            db.execute(
-                "UPDATE devices SET last_telemetry_json=?, last_telemetry_ms=? WHERE fleet=? AND device_id=? "
-                "AND (last_telemetry_ms IS NULL OR last_telemetry_ms <= ?)",
-                (payload, window.ts, fleet, window.device_id, window.ts),
-            )
-        return True
+            for window in windows:
+                payload = json.dumps(window.to_dict(), separators=(",", ":"))
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO telemetry (window_id, fleet, device_id, ts_ms, payload) VALUES (?,?,?,?,?)",
+                    (window.window_id, fleet, window.device_id, window.ts, payload),
+                )
+                if cur.rowcount == 0:
+                    continue
+                stored += 1
+                if window.device_id not in latest or latest[window.device_id][0] <= window.ts:
+                    latest[window.device_id] = (window.ts, payload)
+            for device_id, (ts, payload) in latest.items():
+                self._touch(db, fleet, device_id, received_ms)
+                db.execute(
+                    "UPDATE devices SET last_telemetry_json=?, last_telemetry_ms=? WHERE fleet=? AND device_id=? "
+                    "AND (last_telemetry_ms IS NULL OR last_telemetry_ms <= ?)",
+                    (payload, ts, fleet, device_id, ts),
+                )
+        return stored
 
     def record_drift(self, fleet: str, detail: DriftDetail) -> None:
         """Per-feature drift of one window, keyed like its telemetry window (duplicates ignored)."""
