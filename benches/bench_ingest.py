@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from edgeops.broker import free_port, mosquitto_config, wait_for_port
+from edgeops.broker import Mosquitto
 from edgeops.processes import ManagedProcess
 from edgeops.protocol import DeviceChannel, Telemetry, device_topic
 from edgeops.transport import BrokerAddress, MqttTransport
@@ -32,18 +30,14 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=20_000)
     parser.add_argument("--devices", type=int, default=200)
     args = parser.parse_args()
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = free_port()
-        (root / "mosquitto.conf").write_text(mosquitto_config(port))
-        broker = subprocess.Popen([mosquitto, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = Mosquitto(root).start()
+        port = broker.port
         server = None
         publisher = MqttTransport("bench-publisher", BrokerAddress("127.0.0.1", port), clean_session=True,
                                   max_inflight=1000)
         try:
-            wait_for_port("127.0.0.1", port)
             server = ManagedProcess("server", ["--log-level", "warning", "server", "--home", str(root / "home"),
                                                "--broker", f"127.0.0.1:{port}"], root / "server.log")
             store = Store(root / "home" / "edgeops.db")
@@ -77,8 +71,7 @@ def main() -> None:
             publisher.stop()
             if server is not None:
                 server.stop()
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     rate = stored / elapsed
     results = {"windows": args.windows, "duplicates_sent": len(payloads) - args.windows, "stored": stored,
                "lost": args.windows - stored, "seconds": elapsed, "publish_seconds": published,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeops.broker import free_port, mosquitto_config, wait_for_port
+from edgeops.broker import Mosquitto
 from edgeops.processes import ManagedProcess
 from fleet_server.store import Store
 
@@ -68,17 +67,13 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     args = parser.parse_args()
     n = args.devices
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     procs: list[ManagedProcess] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         home = root / "home"
-        port = free_port()
-        (root / "mosquitto.conf").write_text(mosquitto_config(port))
-        broker = subprocess.Popen([mosquitto, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = Mosquitto(root).start()
+        port = broker.port
         try:
-            wait_for_port("127.0.0.1", port)
             edgeops("keys", "generate", "--name", "bench", "--home", str(home))
             edgeops("keys", "export-public", str(root / "trust"), "--home", str(home))
             for version, seed in (("1", 1), ("2", 2), ("3", 3)):
@@ -126,8 +121,7 @@ def main() -> None:
         finally:
             for proc in reversed(procs):
                 proc.stop(timeout_s=60)
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     results = {"devices": n, "bundle_bytes": 64 * 4096 * 4 + 4096 * 10 * 4, "seconds_to_online": online,
                "seconds_initial_deploy": initial, "good_rollout_seconds": good_s, "good_rollout_state": good_state,
                "revert_seconds": revert_s, "revert_windows": revert_s / WINDOW_S, "window_s": WINDOW_S}

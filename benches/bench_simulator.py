@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from edgeops.broker import free_port, mosquitto_config, wait_for_port
+from edgeops.broker import Mosquitto
 from edgeops.processes import ManagedProcess
 from edgeops.protocol import DeviceChannel, Status, device_filter
 from edgeops.transport import BrokerAddress, Inbound, MqttTransport
@@ -32,17 +30,13 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1100)
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = free_port()
-        (root / "mosquitto.conf").write_text(mosquitto_config(port))
-        broker = subprocess.Popen([mosquitto, "-c", str(root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        broker = Mosquitto(root).start()
+        port = broker.port
         sim = None
         listener = MqttTransport("bench-listener", BrokerAddress("127.0.0.1", port), clean_session=True)
         try:
-            wait_for_port("127.0.0.1", port)
             listener.subscribe(device_filter("default", DeviceChannel.STATUS))
             listener.start()
             listener.wait_connected(10)
@@ -71,8 +65,7 @@ def main() -> None:
             if sim is not None:
                 sim.stop(timeout_s=60)
             listener.stop()
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     results = {"devices": args.devices, "online": len(online), "seconds_to_all_online": elapsed,
                "simulator_threads": threads, "simulator_open_fds": fds, "simulator_rss_mb": rss_mb}
     print(f"simulated devices online      {len(online)} / {args.devices}")

@@ -107,3 +107,46 @@ def mosquitto_config(port: int, *, host: str = "127.0.0.1", data_dir: Path | Non
     else:
         lines += ["persistence false"]
     return "\n".join(lines) + "\n"
+
+
+class Mosquitto:
+    """A Mosquitto broker on a free port with the generated configuration (tests and benches).
+
+    Raises BrokerUnavailableError when the binary is missing: callers that must not silently
+    skip (CI) get a clear failure.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+        import shutil
+
+        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if binary is None:
+            raise BrokerUnavailableError("mosquitto is not installed (apt-get install mosquitto)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.log_file = log_file
+        self._proc: Any = None
+
+    def start(self) -> Mosquitto:
+        import subprocess
+
+        conf = self.workdir / "mosquitto.conf"
+        extra = f"log_dest file {self.log_file}\n" if self.log_file else ""
+        conf.write_text(mosquitto_config(self.port) + extra)
+        self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, timeout_s=15)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -7,8 +7,6 @@ Mosquitto binary fails the run: it is never a silent skip.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,18 +15,10 @@ from typing import Any
 
 import pytest
 
-from edgeops.broker import free_port, mosquitto_config, wait_for_port
+from edgeops.broker import Mosquitto, free_port, wait_for_port
+from edgeops.errors import BrokerUnavailableError
 from edgeops.processes import ManagedProcess
 from edgeops.transport import BrokerAddress, Inbound, LinkChange, MqttTransport
-
-
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        pytest.fail("mosquitto is not installed (apt-get install mosquitto; .ci/run does this)", pytrace=False)
-    return found
 
 
 class BrokerHandle:
@@ -39,25 +29,22 @@ class BrokerHandle:
         self.workdir = workdir
         self.port = free_port()
         self.address = BrokerAddress("127.0.0.1", self.port)
-        self._proc: subprocess.Popen[bytes] | ManagedProcess | None = None
+        self._proc: Mosquitto | ManagedProcess | None = None
         self._log = workdir / f"{kind}.log"
 
     def start(self) -> None:
         if self.kind == "mosquitto":
-            conf = self.workdir / "mosquitto.conf"
-            conf.write_text(mosquitto_config(self.port) + f"log_dest file {self._log}\n")
-            self._proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                self._proc = Mosquitto(self.workdir, self.port, self._log).start()
+            except BrokerUnavailableError as exc:
+                pytest.fail(f"{exc}; .ci/run installs it", pytrace=False)
         else:
             self._proc = ManagedProcess("broker", ["broker", "--port", str(self.port)], self._log)
-        wait_for_port("127.0.0.1", self.port, timeout_s=15)
+            wait_for_port("127.0.0.1", self.port, timeout_s=15)
 
     def stop(self) -> None:
-        if isinstance(self._proc, ManagedProcess):
+        if self._proc is not None:
             self._proc.stop()
-        elif self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
         self._proc = None
 
     def restart(self) -> None:
