@@ -84,7 +84,7 @@ def main() -> None:
                                                    "--broker", f"127.0.0.1:{port}"], root / "server.log"))
             procs.append(ManagedProcess("sim", ["--log-level", "warning", "simulate", "--devices", str(n),
                                                 "--data-root", str(root / "sim"), "--broker", f"127.0.0.1:{port}",
-                                                "--trust-dir", str(root / "trust"), "--input", "gaussian",
+                                                "--trust-dir", str(root / "trust"), "--input", "digits",
                                                 "--inference-interval", "0.5", "--telemetry-interval",
                                                 str(WINDOW_S), "--probation-min-inferences", "2",
                                                 "--probation-max-s", "5", "--simulate-faults", "latency=20",
