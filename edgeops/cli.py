@@ -32,6 +32,8 @@ from edgeops.cli_common import (
 from edgeops.cli_keys import keys_app
 from edgeops.cli_model import model_app
 from edgeops.cli_rollout import audit_app, rollout_app
+from edgeops.cli_telemetry import telemetry_app
+from edgeops.cli_token import token_app
 from edgeops.errors import ConfigError, EdgeOpsError
 
 app = typer.Typer(
@@ -46,6 +48,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
+app.add_typer(telemetry_app, name="telemetry")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -107,13 +111,18 @@ def server(
     home: HomeOpt = DEFAULT_HOME,
     broker: BrokerOpt = "127.0.0.1:1883",
     fleet: FleetOpt = "default",
+    homeassistant: Annotated[bool, typer.Option(
+        "--homeassistant/--no-homeassistant", help="Publish Home Assistant MQTT discovery for device telemetry.")
+    ] = False,
+    http_port: Annotated[int, typer.Option("--http-port", help="Serve the HTTP API on this port (0 = off).")] = 0,
 ) -> None:
     """Run the fleet server: ingest device reports, publish desired versions and bundles."""
     from edgeops.transport import BrokerAddress
     from fleet_server.config import ServerConfig
     from fleet_server.server import FleetServer
 
-    config = ServerConfig(home=home, broker=BrokerAddress.parse(broker), fleet=fleet)
+    config = ServerConfig(home=home, broker=BrokerAddress.parse(broker), fleet=fleet,
+                          homeassistant_discovery=homeassistant, http_port=http_port)
     FleetServer(config).run(_stop_on_signals())
 
 

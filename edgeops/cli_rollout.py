@@ -44,29 +44,18 @@ def rollout_start(
     silence_timeout: Annotated[float, typer.Option(help="Seconds of silence that make a device failed.")] = 120.0,
     max_concurrent: Annotated[int, typer.Option(help="Devices updating at once (0: no limit).")] = 0,
     approval: Annotated[bool, typer.Option(help="Every stage after the first waits for `rollout approve`.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     home: HomeOpt = DEFAULT_HOME,
     fleet: FleetOpt = "default",
 ) -> None:
     """Start a staged rollout of a model version; the running server drives it."""
-    from dataclasses import replace
-
-    from fleet_server.rollout import FailurePolicy, Gates, Rollout, parse_stages, start
-    from fleet_server.rollout_driver import new_rollout_id
+    from fleet_server.rollout import Gates
 
     name, sep, version = model.partition(":")
     if not sep:
         raise ConfigError(f"expected NAME:VERSION, got {model!r}")
     service = _service(home, fleet)
     row = service.store.model(name, version)
-    gates = Gates(max_error_rate=max_error_rate, max_latency_ratio=max_latency_ratio, max_drift_score=max_drift,
-                  max_failed_share=max_failed_share, soak_s=soak, silence_timeout_s=silence_timeout)
-    parsed = parse_stages(stages, gates)
-    if approval:
-        parsed = (parsed[0], *(replace(s, approval=True) for s in parsed[1:]))
-    try:
-        chosen = FailurePolicy(policy)
-    except ValueError:
-        raise ConfigError("--policy must be rollback or pause") from None
     if devices != "all":
         known = {d.device_id for d in service.store.devices(fleet)}
         unknown = sorted(set(devices.split(",")) - known)
@@ -74,12 +63,12 @@ def rollout_start(
             from edgeops.errors import NotFoundError
 
             raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
-    rollout = Rollout(id=new_rollout_id(), target_digest=row.digest, stages=parsed, policy=chosen,
-                      max_concurrent=max_concurrent, selector=devices)
-    rollout = start(rollout).rollout
-    service.create(rollout, _actor())
+    gates = Gates(max_error_rate=max_error_rate, max_latency_ratio=max_latency_ratio, max_drift_score=max_drift,
+                  max_failed_share=max_failed_share, soak_s=soak, silence_timeout_s=silence_timeout)
+    rollout = service.start_new(row.digest, devices, stages, gates, policy=policy, max_concurrent=max_concurrent,
+                                approval=approval, actor=_actor(), reason=reason)
     console.print(f"rollout {rollout.id}: {row.label} to {devices}, stages "
-                  + ", ".join(s.name for s in rollout.stages) + f", on failure {chosen.value}")
+                  + ", ".join(s.name for s in rollout.stages) + f", on failure {rollout.policy.value}")
 
 
 def _summary(service: Any, rollout: Any) -> dict[str, Any]:

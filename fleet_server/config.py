@@ -21,6 +21,14 @@ class ServerConfig:
     fleet: str = "default"
     #: How often desired state is compared with what was published.
     reconcile_interval_s: float = 0.5
+    #: Port of the HTTP API (fleet_server/api.py); 0 = no HTTP API.
+    http_port: int = 0
+    #: Address the HTTP API listens on.
+    http_host: str = "127.0.0.1"
+    #: Publish Home Assistant MQTT discovery configs (retained) for every device seen.
+    homeassistant_discovery: bool = False
+    #: Home Assistant's discovery prefix (its MQTT integration's default is "homeassistant").
+    homeassistant_prefix: str = "homeassistant"
 
     def __post_init__(self) -> None:
         check_id(self.fleet, "fleet")

@@ -13,20 +13,25 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from statistics import median
 
 from edgeops.errors import ConfigError, NotFoundError
 from fleet_server.rollout import (
     Assign,
     Decision,
+    FailurePolicy,
+    Gates,
     Observation,
     Revert,
     Rollout,
     RolloutState,
     StateChange,
     decide,
+    parse_stages,
     rollout_from_dict,
     rollout_to_dict,
+    start,
 )
 from fleet_server.store import ALL_DEVICES, Store, now_ms
 
@@ -93,11 +98,43 @@ class RolloutService:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def create(self, rollout: Rollout, actor: str) -> Rollout:
+    def create(self, rollout: Rollout, actor: str, reason: str = "") -> Rollout:
         self.store.create_rollout(self.fleet, rollout.id, rollout.target_digest, rollout.state.value,
                                   json.dumps(rollout_to_dict(rollout)))
-        self.store.audit(actor, "rollout_create", rollout.id, "", json.dumps(rollout_to_dict(rollout)))
+        self.store.audit(actor, "rollout_create", rollout.id, reason, json.dumps(rollout_to_dict(rollout)))
         return rollout
+
+    def start_new(
+        self,
+        target_digest: str,
+        selector: str,
+        stages: str,
+        gates: Gates,
+        *,
+        policy: str = "rollback",
+        max_concurrent: int = 0,
+        approval: bool = False,
+        actor: str,
+        reason: str = "",
+    ) -> Rollout:
+        """Create and start a rollout (the CLI's and the HTTP API's one way to do it).
+
+        ``stages`` as for :func:`parse_stages`; ``approval`` makes every stage after the first wait
+        for an operator. Bad input raises ConfigError.
+        """
+        parsed = parse_stages(stages, gates)
+        if approval:
+            parsed = (parsed[0], *(replace(s, approval=True) for s in parsed[1:]))
+        try:
+            chosen = FailurePolicy(policy)
+        except ValueError:
+            raise ConfigError("policy must be rollback or pause") from None
+        rollout = Rollout(id=new_rollout_id(), target_digest=target_digest, stages=parsed, policy=chosen,
+                          max_concurrent=max_concurrent, selector=selector)
+        started = start(rollout).rollout
+        if reason:
+            started = replace(started, reason=f"started: {reason}")
+        return self.create(started, actor, reason)
 
     def apply_command(self, rollout_id: str, command: Callable[[Rollout], Decision], actor: str,
                       action: str) -> Rollout:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from edgeops.errors import BundleError, ProtocolError
+from edgeops.homeassistant import DiscoveryAnnouncer
 from edgeops.manifest import bundle_ref
 from edgeops.protocol import (
     DEVICE_PUBLISHED,
@@ -60,6 +61,8 @@ class FleetServer:
         self._published_bundles: set[str] = set()
         self._published_desired: dict[str, int] = {}
         self._broken_bundles: set[str] = set()
+        self.homeassistant = DiscoveryAnnouncer(self.transport, config.fleet, config.homeassistant_prefix,
+                                                enabled=config.homeassistant_discovery)
 
     # --- inbound ------------------------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class FleetServer:
                 # The broker may have restarted without its retained messages: publish it all again.
                 self._published_bundles.clear()
                 self._published_desired.clear()
+                self.homeassistant.reset()
             return None
         if not item.payload:
             return None  # a cleared retained message
@@ -109,6 +113,7 @@ class FleetServer:
         received = now_ms()
         if isinstance(message, Status):
             self.store.record_status(fleet, message, received)
+            self.homeassistant.device_seen(message)
         elif isinstance(message, Reported):
             self.store.record_reported(fleet, message, received)
         elif isinstance(message, Event):
@@ -188,7 +193,12 @@ class FleetServer:
             log.warning("no signing key in %s: desired messages go out unsigned (edgeops keys generate)",
                         self.config.home / "keys")
         next_reconcile = 0.0
+        http = None
         try:
+            if self.config.http_port:
+                from fleet_server.api import HttpApi
+
+                http = HttpApi(self.config.home, fleet, self.config.http_host, self.config.http_port).start()
             while not stop.is_set():
                 timeout = max(0.0, next_reconcile - time.monotonic())
                 try:
@@ -207,6 +217,8 @@ class FleetServer:
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.config.reconcile_interval_s
         finally:
+            if http is not None:
+                http.stop()
             self.transport.stop()
             self.store.close()
             log.info("fleet server stopped dropped_invalid=%d", self.drops.total)

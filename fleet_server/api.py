@@ -1,0 +1,487 @@
+"""The fleet server's HTTP API (FastAPI) under ``/api/v1``, with its OpenAPI document.
+
+Every route needs ``Authorization: Bearer <token>`` (``edgeops token create``); only the OpenAPI
+document (``/api/v1/openapi.json``) and its docs page are public. Reads come straight from the
+store; writes go through the same paths as the CLI (deployments in the store, rollouts through
+:class:`~fleet_server.rollout_driver.RolloutService`), and every write is in the audit log with the
+token's name as the actor and the caller's ``reason``.
+
+Errors are JSON ``{"error": {"code": ..., "message": ...}}``: 401 for a missing, unknown or revoked
+token, 404 for an unknown model, version, device or rollout, 422 for a malformed request, 409 for a
+command the rollout's state does not allow, with the ``code`` of the EdgeOps error behind it.
+
+The server process runs the API in a background thread (:class:`HttpApi`) when ``http_port`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgeops import __version__
+from edgeops.errors import ConfigError, EdgeOpsError, NotFoundError
+from edgeops.protocol import check_id
+from fleet_server import rollout as logic
+from fleet_server.rollout_driver import RolloutService
+from fleet_server.store import DeviceRow, ModelRow, Store
+from fleet_server.tokens import TokenError, Tokens
+
+log = logging.getLogger(__name__)
+PREFIX = "/api/v1"
+#: Events returned with one device.
+DEVICE_EVENTS = 20
+MODEL_REF = r"^[^:\s]+:[^\s]+$"
+
+
+# --- bodies -------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code (e.g. not_found, invalid_token).")
+    message: str
+    details: list[Any] | None = Field(None, description="Per-field problems of a 422.")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    label: str = Field(description="NAME:VERSION, as deployments and rollouts take it.")
+    digest: str = Field(description="sha256 of the bundle manifest: the version's identity.")
+    runtime: str
+    size_bytes: int
+    created_at: str
+    parent_version: str | None
+    parent_digest: str | None
+    created_by: str
+    signed_by: str | None = Field(description="Key id of the bundle signature; null when unsigned.")
+
+    @classmethod
+    def of(cls, row: ModelRow) -> ModelOut:
+        return cls(name=row.name, version=row.version, label=row.label, digest=row.digest, runtime=row.runtime,
+                   size_bytes=row.size_bytes, created_at=row.created_at, parent_version=row.parent_version,
+                   parent_digest=row.parent_digest, created_by=row.created_by, signed_by=row.signed_by)
+
+
+class ModelDetailOut(ModelOut):
+    manifest: dict[str, Any]
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    online: bool
+    agent_version: str | None
+    first_seen_ms: int
+    last_seen_ms: int
+    running: str | None = Field(description="NAME:VERSION the device reports running.")
+    active_digest: str | None
+    phase: str | None = Field(description="Update phase the device reports (idle, fetching, ..., committed).")
+    last_error: str | None
+    last_telemetry_ms: int | None
+    last_telemetry: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: DeviceRow) -> DeviceOut:
+        return cls(device_id=row.device_id, online=row.online, agent_version=row.agent_version,
+                   first_seen_ms=row.first_seen_ms, last_seen_ms=row.last_seen_ms, running=row.active_label,
+                   active_digest=row.active_digest, phase=row.phase, last_error=row.last_error,
+                   last_telemetry_ms=row.last_telemetry_ms, last_telemetry=row.last_telemetry)
+
+
+class DesiredOut(BaseModel):
+    deployment_id: int
+    digest: str
+    rollout_id: str | None
+    rollback: bool
+
+
+class DeviceDetailOut(DeviceOut):
+    desired: DesiredOut | None = Field(description="The deployment the device should follow, if any.")
+    events: list[dict[str, Any]] = Field(description="Its most recent events, newest first.")
+
+
+class _Targets(BaseModel):
+    """Which devices a deployment or rollout is for."""
+
+    devices: Literal["all"] | list[str] = Field("all", description="'all' or a list of device ids.")
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("devices needs 'all' or at least one device id")
+        for device_id in value:
+            check_id(device_id, "device id")
+        return sorted(set(value))
+
+
+class DeploymentIn(_Targets):
+    model: str = Field(pattern=MODEL_REF, description="NAME:VERSION of a model in the registry.",
+                       examples=["digits:2"])
+    reason: str = Field("", max_length=1000, description="Why (recorded in the audit log).")
+
+
+class DeploymentOut(BaseModel):
+    id: int
+    model: str
+    digest: str
+    devices: str = Field(description="'all' or comma-separated device ids.")
+    created_ms: int
+
+
+class RolloutIn(_Targets):
+    model: str = Field(pattern=MODEL_REF, description="NAME:VERSION to roll out.", examples=["digits:2"])
+    stages: str = Field("canary:1,10%,50%,100%", description="Cumulative stages: [NAME:]COUNT or [NAME:]PERCENT%.")
+    policy: Literal["rollback", "pause"] = Field("rollback", description="What a failing gate does.")
+    soak_s: float = Field(60.0, ge=0, description="Seconds a stage runs the target before health is judged.")
+    max_error_rate: float = Field(0.05, ge=0, le=1, description="Error-rate gate.")
+    max_latency_ratio: float = Field(1.5, gt=0, description="p95 latency against the previous version.")
+    max_drift: float | None = Field(None, ge=0, le=1, description="Drift-score gate; null: not gated.")
+    max_failed_share: float = Field(0.0, ge=0, le=1, description="Share of failed devices tolerated.")
+    silence_timeout_s: float = Field(120.0, gt=0, description="Seconds of silence that make a device failed.")
+    max_concurrent: int = Field(0, ge=0, description="Devices updating at once (0: no limit).")
+    approval: bool = Field(False, description="Every stage after the first waits for an approve command.")
+    reason: str = Field("", max_length=1000, description="Why (recorded in the audit log).")
+
+
+class StageOut(BaseModel):
+    name: str
+    percent: float | None
+    count: int | None
+    approval: bool
+    devices: int = Field(description="Devices this stage assigned.")
+    committed: int = Field(description="Of those, how many committed the target.")
+    status: Literal["done", "current", "pending"]
+
+
+class RolloutOut(BaseModel):
+    id: str
+    state: str
+    target_digest: str
+    target: str | None = Field(description="NAME:VERSION of the target, when the registry knows it.")
+    selector: str
+    policy: str
+    stage: str = Field(description="Name of the current stage.")
+    stage_index: int
+    selected: int = Field(description="Devices the selector matches now.")
+    assigned: int
+    committed: int
+    reason: str = Field(description="Why the rollout is in its state.")
+    stages: list[StageOut]
+
+
+class Command(str, Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    APPROVE = "approve"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+
+
+class CommandIn(BaseModel):
+    reason: str = Field("", max_length=1000, description="Why (recorded in the audit log).")
+
+
+class AuditOut(BaseModel):
+    id: int
+    ts_ms: int
+    actor: str = Field(description="Token name for API calls, the user for the CLI, 'server' for the driver.")
+    action: str
+    target: str
+    reason: str
+    details: Any
+
+
+# --- helpers shared by the routes ---------------------------------------------------------------
+
+
+def rollout_view(service: RolloutService, rollout: logic.Rollout) -> RolloutOut:
+    """A rollout with per-stage progress (the API's counterpart of ``edgeops rollout status``)."""
+    obs = service.observations(rollout, list(rollout.assigned))
+    committed = {d for d, o in obs.items() if o.active_digest == rollout.target_digest and o.phase == "committed"}
+    stages = []
+    for i, stage in enumerate(rollout.stages):
+        members = [d for d, s in rollout.assigned.items() if s == i]
+        status: Literal["done", "current", "pending"] = (
+            "done" if i < rollout.stage_index or rollout.state is logic.RolloutState.SUCCEEDED
+            else "current" if i == rollout.stage_index else "pending")
+        stages.append(StageOut(name=stage.name, percent=stage.percent, count=stage.count, approval=stage.approval,
+                               devices=len(members), committed=len(committed.intersection(members)),
+                               status=status))
+    try:
+        target: str | None = service.store.model_by_digest(rollout.target_digest).label
+    except NotFoundError:
+        target = None
+    return RolloutOut(id=rollout.id, state=rollout.state.value, target_digest=rollout.target_digest, target=target,
+                      selector=rollout.selector, policy=rollout.policy.value,
+                      stage=rollout.stages[rollout.stage_index].name, stage_index=rollout.stage_index,
+                      selected=len(service.selected(rollout)), assigned=len(rollout.assigned),
+                      committed=len(committed), reason=rollout.reason, stages=stages)
+
+
+def _known_devices(store: Store, fleet: str, devices: list[str] | str) -> str:
+    """The selector for ``devices``; NotFoundError naming the ids the fleet has never seen."""
+    if isinstance(devices, str):
+        return devices
+    known = {d.device_id for d in store.devices(fleet)}
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
+    return ",".join(devices)
+
+
+def _model(store: Store, ref: str) -> ModelRow:
+    name, _, version = ref.partition(":")
+    return store.model(name, version)
+
+
+def _error(status: int, code: str, message: str, details: list[Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorOut(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(jsonable_encoder(body, exclude_none=True), status_code=status, headers=headers)
+
+
+class _InvalidRequest(EdgeOpsError):
+    """A request that passed the schema but not the rules behind it (e.g. a stage spec)."""
+
+    code = "invalid_request"
+
+
+# --- the application ----------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `edgeops token create NAME`.")
+
+
+def authenticate(request: Request,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The name of the caller's token (the actor of the audit log); TokenError (401) otherwise."""
+    if credentials is None:
+        raise TokenError("missing bearer token: send 'Authorization: Bearer <token>'")
+    tokens: Tokens = request.app.state.tokens
+    return tokens.verify(credentials.credentials)
+
+
+#: The caller, authenticated: every route takes it.
+Actor = Annotated[str, Depends(authenticate)]
+
+
+def create_app(home: Path, fleet: str) -> FastAPI:
+    """The API over the store in ``home`` for one fleet."""
+    store = Store(home / "edgeops.db")
+    tokens = Tokens(home / "edgeops.db")
+    service = RolloutService(store, fleet)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        tokens.close()
+        store.close()
+
+    app = FastAPI(title="EdgeOps fleet API", version=__version__, lifespan=lifespan,
+                  openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None,
+                  description="Models, devices, deployments, rollouts, telemetry and the audit log of one fleet. "
+                              "Every route needs `Authorization: Bearer <token>` (`edgeops token create NAME`).")
+    app.state.tokens = tokens
+    errors: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut},
+                                               422: {"model": ErrorOut}}
+    write_errors: dict[int | str, dict[str, Any]] = {**errors, 409: {"model": ErrorOut}}
+
+    @app.exception_handler(EdgeOpsError)
+    async def edgeops_error(request: Request, exc: EdgeOpsError) -> JSONResponse:
+        if isinstance(exc, TokenError):
+            return _error(401, exc.code, str(exc), headers={"WWW-Authenticate": "Bearer"})
+        if isinstance(exc, NotFoundError):
+            return _error(404, exc.code, str(exc))
+        if isinstance(exc, _InvalidRequest):
+            return _error(422, exc.code, str(exc))
+        if isinstance(exc, ConfigError):
+            return _error(409, exc.code, str(exc))
+        return _error(400, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        first = problems[0] if problems else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}", details=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    # --- models ---
+
+    @app.get(f"{PREFIX}/models", tags=["models"], responses=errors)
+    def list_models(actor: Actor) -> list[ModelOut]:
+        """Every model version in the registry."""
+        return [ModelOut.of(m) for m in store.models()]
+
+    @app.get(f"{PREFIX}/models/{{name}}/{{version}}", tags=["models"], responses=errors)
+    def get_model(name: str, version: str, actor: Actor) -> ModelDetailOut:
+        """One model version with its bundle manifest."""
+        row = store.model(name, version)
+        return ModelDetailOut(**ModelOut.of(row).model_dump(),
+                              manifest=json.loads(store.manifest_json(name, version)))
+
+    # --- devices ---
+
+    @app.get(f"{PREFIX}/devices", tags=["devices"], responses=errors)
+    def list_devices(actor: Actor) -> list[DeviceOut]:
+        """Every device of the fleet as it reported itself, with its last telemetry window."""
+        return [DeviceOut.of(d) for d in store.devices(fleet)]
+
+    @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"], responses=errors)
+    def get_device(device_id: str, actor: Actor) -> DeviceDetailOut:
+        """One device: reported state, last telemetry, desired deployment and recent events."""
+        row = store.device(fleet, device_id)
+        dep = store.desired_for(fleet).get(device_id)
+        desired = DesiredOut(deployment_id=dep.id, digest=dep.digest, rollout_id=dep.rollout_id,
+                             rollback=dep.rollback) if dep else None
+        return DeviceDetailOut(**DeviceOut.of(row).model_dump(), desired=desired,
+                               events=store.events(fleet, device_id, limit=DEVICE_EVENTS))
+
+    @app.get(f"{PREFIX}/telemetry/{{device_id}}", tags=["devices"], responses=errors)
+    def get_telemetry(device_id: str, actor: Actor,
+                      limit: Annotated[int, Query(ge=1, le=1000, description="Windows, newest first.")] = 50,
+                      since_ms: Annotated[int, Query(ge=0, description="Only windows at or after.")] = 0,
+                      ) -> list[dict[str, Any]]:
+        """The newest telemetry windows of one device (newest first)."""
+        store.device(fleet, device_id)  # 404 for a device the fleet has never seen
+        return store.telemetry_windows(fleet, device_id, since_ms=since_ms, limit=limit)
+
+    # --- deployments ---
+
+    @app.post(f"{PREFIX}/deployments", tags=["deployments"], status_code=201, responses=write_errors)
+    def create_deployment(body: DeploymentIn, actor: Actor) -> DeploymentOut:
+        """Set the desired version of some or all devices; the server publishes it."""
+        row = _model(store, body.model)
+        selector = _known_devices(store, fleet, body.devices)
+        dep = store.add_deployment(fleet, row.digest, selector)
+        store.audit(actor, "deploy", f"deployment-{dep.id}", body.reason,
+                    json.dumps({"model": row.label, "digest": row.digest, "devices": selector, "via": "api"}))
+        log.info("deployment %d by %s: %s -> %s", dep.id, actor, row.label, selector)
+        return DeploymentOut(id=dep.id, model=row.label, digest=row.digest, devices=selector,
+                             created_ms=dep.created_ms)
+
+    # --- rollouts ---
+
+    @app.get(f"{PREFIX}/rollouts", tags=["rollouts"], responses=errors)
+    def list_rollouts(actor: Actor) -> list[RolloutOut]:
+        """Every rollout of the fleet, oldest first."""
+        return [rollout_view(service, r) for r in service.all_rollouts()]
+
+    @app.get(f"{PREFIX}/rollouts/{{rollout_id}}", tags=["rollouts"], responses=errors)
+    def get_rollout(rollout_id: str, actor: Actor) -> RolloutOut:
+        """One rollout with per-stage progress."""
+        return rollout_view(service, service.get(rollout_id))
+
+    @app.post(f"{PREFIX}/rollouts", tags=["rollouts"], status_code=201, responses=write_errors)
+    def create_rollout(body: RolloutIn, actor: Actor) -> RolloutOut:
+        """Start a staged rollout; the running server drives it through its stages and gates."""
+        row = _model(store, body.model)
+        selector = _known_devices(store, fleet, body.devices)
+        gates = logic.Gates(max_error_rate=body.max_error_rate, max_latency_ratio=body.max_latency_ratio,
+                            max_drift_score=body.max_drift, max_failed_share=body.max_failed_share,
+                            soak_s=body.soak_s, silence_timeout_s=body.silence_timeout_s)
+        try:
+            started = service.start_new(row.digest, selector, body.stages, gates, policy=body.policy,
+                                        max_concurrent=body.max_concurrent, approval=body.approval, actor=actor,
+                                        reason=body.reason)
+        except ConfigError as exc:
+            raise _InvalidRequest(str(exc)) from exc
+        log.info("rollout %s by %s: %s -> %s", started.id, actor, row.label, selector)
+        return rollout_view(service, started)
+
+    @app.post(f"{PREFIX}/rollouts/{{rollout_id}}/{{command}}", tags=["rollouts"], responses=write_errors)
+    def command_rollout(rollout_id: str, command: Command, actor: Actor, body: CommandIn | None = None) -> RolloutOut:
+        """Pause, resume, approve, abort or roll back a rollout (409 when its state does not allow it)."""
+        reason = body.reason if body else ""
+
+        def run(r: logic.Rollout) -> logic.Decision:
+            if command is Command.PAUSE:
+                return logic.pause(r, reason or "paused by operator")
+            if command is Command.ROLLBACK:
+                return logic.operator_rollback(r, reason or "rolled back by operator")
+            decision = {Command.RESUME: logic.resume, Command.APPROVE: logic.approve,
+                        Command.ABORT: logic.abort}[command](r)
+            if not reason:
+                return decision
+            return replace(decision, rollout=replace(decision.rollout, reason=f"{decision.rollout.reason}: {reason}"))
+
+        rollout = service.apply_command(rollout_id, run, actor, f"rollout_{command.value}")
+        return rollout_view(service, rollout)
+
+    # --- audit ---
+
+    @app.get(f"{PREFIX}/audit", tags=["audit"], responses=errors)
+    def get_audit(actor: Actor, limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+                  target: Annotated[str | None, Query(description="Only entries about this target.")] = None,
+                  ) -> list[AuditOut]:
+        """Who did what, when and why: API calls, CLI commands and the rollout driver (newest first)."""
+        out = []
+        for r in store.audit_log(limit, target):
+            try:
+                details = json.loads(r["details"])
+            except ValueError:
+                details = r["details"]
+            out.append(AuditOut(id=r["id"], ts_ms=r["ts_ms"], actor=r["actor"], action=r["action"],
+                                target=r["target"], reason=r["reason"], details=details))
+        return out
+
+    return app
+
+
+class HttpApi:
+    """The API served by uvicorn in a background thread of the fleet server process."""
+
+    def __init__(self, home: Path, fleet: str, host: str, port: int) -> None:
+        config = uvicorn.Config(create_app(home, fleet), host=host, port=port, log_level="warning",
+                                access_log=False)
+        self.address = f"http://{host}:{port}"
+        self.server = uvicorn.Server(config)
+        # Signal handlers are installed only from the main thread; this runs elsewhere, so the
+        # fleet server keeps its own SIGTERM/SIGINT handling and stops us through should_exit.
+        self._thread = threading.Thread(target=self.server.run, name="http-api", daemon=True)
+
+    def start(self, timeout_s: float = 15.0) -> HttpApi:
+        """Serve, and return once listening; ConfigError if the port cannot be bound."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise ConfigError(f"the HTTP API could not listen on {self.address} (port in use?)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"the HTTP API did not start on {self.address} in {timeout_s:.0f} s")
+            time.sleep(0.02)
+        log.info("http api listening on %s%s", self.address, PREFIX)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("http api did not stop in %.0f s", timeout_s)
