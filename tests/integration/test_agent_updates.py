@@ -53,6 +53,12 @@ def last_reported(listener: Listener) -> Reported | None:
     return Reported.decode(msgs[-1].payload) if msgs else None
 
 
+def failed(listener: Listener) -> Reported | None:
+    """The last reported state if the device reports ``failed``."""
+    r = last_reported(listener)
+    return r if r is not None and r.phase is UpdatePhase.FAILED else None
+
+
 def events(listener: Listener) -> list[Event]:
     return [Event.decode(m.payload) for m in listener.on(device_topic(FLEET, DEVICE, DeviceChannel.EVENTS))]
 
@@ -83,11 +89,8 @@ def test_corrupted_chunk_is_rejected_and_previous_model_keeps_serving(
         publish_bundle(listener, v2, corrupt=2)
         publish_desired(listener, v2)
 
-        def failed() -> Reported | None:
-            r = last_reported(listener)
-            return r if r is not None and r.phase is UpdatePhase.FAILED else None
 
-        report = wait_until(failed, 30, "the update to digits:2 to fail")
+        report = wait_until(lambda: failed(listener), 30, "the update to digits:2 to fail")
         assert report.last_error is not None and report.last_error.code == "checksum_mismatch"
         assert report.active is not None and report.active.digest == v1.digest
         kinds = [e.kind for e in events(listener)]
@@ -179,11 +182,8 @@ def test_probation_failure_rolls_back_locally_and_is_reported(
         publish_bundle(listener, v2)
         publish_desired(listener, v2)
 
-        def rolled_back() -> Reported | None:
-            r = last_reported(listener)
-            return r if r is not None and r.phase is UpdatePhase.FAILED else None
 
-        report = wait_until(rolled_back, 30, "probation of digits:2 to fail")
+        report = wait_until(lambda: failed(listener), 30, "probation of digits:2 to fail")
         assert report.last_error is not None and report.last_error.code == "probation_failed"
         assert report.active is not None and report.active.digest == v1.digest
         kinds = [e.kind for e in events(listener)]
@@ -216,11 +216,8 @@ def test_a_full_disk_fails_the_update_and_the_old_model_keeps_serving(
         publish_bundle(listener, v2)
         publish_desired(listener, v2)
 
-        def failed() -> Reported | None:
-            r = last_reported(listener)
-            return r if r is not None and r.phase is UpdatePhase.FAILED else None
 
-        report = wait_until(failed, 30, "the update to fail on the full disk")
+        report = wait_until(lambda: failed(listener), 30, "the update to fail on the full disk")
         assert report.active is not None and report.active.digest == v1.digest
         assert report.last_error is not None and "File too large" in report.last_error.message
         assert agent.alive
@@ -310,11 +307,8 @@ def test_trust_signatures_and_downgrades(
         # Trusted desired message, but the bundle's signature does not verify: the update fails.
         _signed(listener, v1, trusted, corrupt_signature=True)
 
-        def failed() -> Reported | None:
-            r = last_reported(listener)
-            return r if r is not None and r.phase is UpdatePhase.FAILED else None
 
-        report = wait_until(failed, 20, "the mis-signed bundle to be refused")
+        report = wait_until(lambda: failed(listener), 20, "the mis-signed bundle to be refused")
         assert report.last_error is not None and report.last_error.code == "signature_invalid"
         # Properly signed: installed.
         _signed(listener, v1, trusted)
@@ -325,7 +319,7 @@ def test_trust_signatures_and_downgrades(
         old = build_bundle(digits.model_path, tmp_path / "v0.zip", name="digits", version="0",
                            created_at="2020-01-01T00:00:00Z", chunk_size=4096)
         _signed(listener, old, trusted)
-        report = wait_until(failed, 30, "the downgrade to be refused")
+        report = wait_until(lambda: failed(listener), 30, "the downgrade to be refused")
         assert report.last_error is not None and report.last_error.code == "downgrade_refused"
         assert report.active is not None and report.active.digest == v2.digest
         _signed(listener, old, trusted, rollback=True)
