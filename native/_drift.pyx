@@ -7,8 +7,8 @@ Python-level objects, so merging and serialising never depend on the machine's w
 
 Binning. Each feature has a sorted grid ``g[0] < ... < g[K-1]`` of reference values (fine
 quantiles, the coarse PSI edges among them). A value ``x`` goes to fine bin ``#(g <= x)`` in
-``0..K``. A uniform look-up table over ``[g[0], g[K-1]]`` gives a short index range for the binary
-search, so the typical cost is one table read and zero or one comparison.
+``0..K``. A uniform guide table over ``[g[0], g[K-1]]`` (see _bin_guided) gives the first candidate
+point, so the typical cost is one table read and two branch-free comparisons.
 """
 
 cimport cython
@@ -23,10 +23,12 @@ import numpy as np
 
 from edgeops.errors import DriftError
 
-# Rows per block in the fold: the block of a (rows, features) batch stays in cache while every
-# feature runs its inner loop over it with register accumulators.
+# Fold tiling: values per transposed tile of a row-major batch (scratch <= 2 MB, freed after each
+# update), rows below which a batch is read in place, values per feature run (partial sums).
 cdef enum:
-    _BLOCK = 512
+    _TILE_VALUES = 262144
+    _SMALL_ROWS = 32
+    _RUN = 2048
 
 # Columns of the per-feature result of ``_Core.stats``.
 cdef enum:
@@ -183,6 +185,74 @@ cdef inline Py_ssize_t _bin_in_range(const f64_t* g, const u16_t* lut, Py_ssize_
     return a
 
 
+
+cdef enum:
+    # Guide entry flag: the cell holds more than two grid points (binary search among them).
+    _CROWDED = 0x8000
+
+
+cdef inline Py_ssize_t _bin_guided(const f64_t* g, const u16_t* guide, const u16_t* lut,
+                                   Py_ssize_t c, f64_t x) noexcept nogil:
+    """``#(g <= x)`` for x in look-up cell ``c``: the fold's version of _bin_in_range.
+
+    ``guide[c]`` is ``lut[c]`` (the first grid point not below the cell) with _CROWDED set when
+    the cell holds more than two points, so the common case reads one table entry, then compares
+    x with that point and the next, branch-free. Same result as _bin_in_range, bit for bit.
+    """
+    cdef Py_ssize_t a = guide[c], b, mid
+    if not (a & _CROWDED):
+        return a + (g[a] <= x) + (g[a + 1] <= x)
+    a = a & (_CROWDED - 1)
+    b = lut[c + 1]
+    while a < b:
+        mid = (a + b) >> 1
+        if g[mid] <= x:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+cdef _guide_table(lut):
+    """Guide entries of a (d, L+1) look-up table: derived data, rebuilt whenever a core is built."""
+    lut64 = np.asarray(lut, dtype=np.int64)
+    guide = lut64[:, :-1].copy()
+    guide[np.diff(lut64, axis=1) > 2] |= _CROWDED
+    return np.ascontiguousarray(guide, dtype=np.uint16)
+
+
+cdef struct _Outside:
+    # Running totals of the values a fold run finds outside the reference range (or NaN).
+    i64_t nn, nb, na, ni
+    f64_t s1, s2, tl, th, g0, glast
+
+
+cdef inline void _outside(f64_t v, i64_t* cnt, Py_ssize_t K, f64_t fmin, f64_t sh,
+                          _Outside* o) noexcept nogil:
+    """A NaN or a value outside [ref min, ref max] (the rare path of the fold)."""
+    cdef f64_t dv
+    if v != v:
+        o.nn += 1
+        return
+    if v < fmin:
+        o.nb += 1
+        cnt[0] += 1
+        if v == -INFINITY:
+            o.ni += 1
+            return
+        o.tl += o.g0 - v
+    else:
+        o.na += 1
+        cnt[K] += 1
+        if v == INFINITY:
+            o.ni += 1
+            return
+        o.th += v - o.glast
+    dv = v - sh
+    o.s1 += dv
+    o.s2 += dv * dv
+
+
 cdef class _Core:
     """Binning tables of one reference profile plus the mutable state of one window.
 
@@ -202,12 +272,14 @@ cdef class _Core:
     cdef readonly Py_ssize_t d, kstride, L, bmax
     cdef readonly object grid, k, lut, lo, inv_w, ref_min, ref_max, shift
     cdef readonly object coarse, nbins, ref_bins, ref_lt, ref_n
+    cdef object guide
     cdef readonly object counts, n_nan, n_below, n_above, n_inf, s1, s2, tail_lo, tail_hi
     cdef public i64_t n_rows
     # Raw views of the arrays above (bound in _bind).
     cdef const f64_t* p_grid
     cdef const i64_t* p_k
     cdef const u16_t* p_lut
+    cdef const u16_t* p_guide
     cdef const f64_t* p_lo
     cdef const f64_t* p_inv_w
     cdef const f64_t* p_rmin
@@ -266,6 +338,9 @@ cdef class _Core:
             raise DriftError("look-up table out of range")
         if np.any(self.coarse < 0) or np.any(self.coarse >= self.nbins[:, None]):
             raise DriftError("coarse map out of range")
+        if np.any(self.k >= _CROWDED):
+            raise DriftError("grid too long for the guide table")
+        self.guide = _guide_table(self.lut)
         self.counts = np.zeros((self.d, self.kstride + 1), dtype=np.int64)
         self.n_nan = np.zeros(self.d, dtype=np.int64)
         self.n_below = np.zeros(self.d, dtype=np.int64)
@@ -282,6 +357,7 @@ cdef class _Core:
         cdef const f64_t[:, ::1] grid = self.grid
         cdef const i64_t[::1] k = self.k
         cdef const u16_t[:, ::1] lut = self.lut
+        cdef const u16_t[:, ::1] guide = self.guide
         cdef const f64_t[::1] lo = self.lo, inv_w = self.inv_w, rmin = self.ref_min
         cdef const f64_t[::1] rmax = self.ref_max, shift = self.shift
         cdef i64_t[:, ::1] counts = self.counts
@@ -291,6 +367,7 @@ cdef class _Core:
         self.p_grid = &grid[0, 0]
         self.p_k = &k[0]
         self.p_lut = &lut[0, 0]
+        self.p_guide = &guide[0, 0]
         self.p_lo = &lo[0]
         self.p_inv_w = &inv_w[0]
         self.p_rmin = &rmin[0]
@@ -329,6 +406,7 @@ cdef class _Core:
         other.grid = self.grid
         other.k = self.k
         other.lut = self.lut
+        other.guide = self.guide
         other.lo = self.lo
         other.inv_w = self.inv_w
         other.ref_min = self.ref_min
@@ -373,6 +451,7 @@ cdef class _Core:
         """Fold a 2-D float32 / float64 batch of shape (rows, d)."""
         cdef Py_buffer view
         cdef bint is_f32
+        cdef int rc = 0
         cdef Py_ssize_t n
         if type(batch) is not np.ndarray and not isinstance(batch, np.ndarray):
             raise DriftError(f"drift batch must be a numpy.ndarray, got {type(batch).__name__}")
@@ -397,95 +476,130 @@ cdef class _Core:
             if n:
                 with nogil:
                     if is_f32:
-                        self._fold(<const float*>view.buf, n, view.strides[0], view.strides[1])
+                        rc = self._fold(<const float*>view.buf, n, view.strides[0], view.strides[1])
                     else:
-                        self._fold(<const double*>view.buf, n, view.strides[0], view.strides[1])
+                        rc = self._fold(<const double*>view.buf, n, view.strides[0], view.strides[1])
+                if rc != 0:
+                    raise MemoryError("no memory for the drift fold's scratch buffers")
                 self.n_rows += n
         finally:
             PyBuffer_Release(&view)
 
     @cython.nonecheck(False)
-    cdef void _fold(self, const real_t* X, Py_ssize_t n, Py_ssize_t rs, Py_ssize_t cs) noexcept nogil:
-        """Fold n rows; ``rs`` / ``cs`` are the row / column strides in bytes."""
-        cdef Py_ssize_t d = self.d, L = self.L, ks = self.kstride
-        cdef Py_ssize_t i, i0, i1, j, K, f
+    cdef int _fold(self, const real_t* X, Py_ssize_t n, Py_ssize_t rs, Py_ssize_t cs) noexcept nogil:
+        """Fold n rows; ``rs`` / ``cs`` are the row / column strides in bytes.
+
+        Work goes feature by feature over runs of at most _RUN values, so one feature's tables stay
+        in L1 for a whole run. A row-major batch is first transposed, one tile of rows at a time,
+        into a contiguous buffer (one read of the batch in memory order); a column that already is
+        contiguous (one feature, Fortran order) is read in place. Returns -1 when out of memory
+        (nothing folded), else 0.
+        """
+        cdef Py_ssize_t d = self.d, isz = sizeof(real_t), R = 0, Rp = 0, i0, i1, i, j, m, r0, r1
         cdef const char* base = <const char*>X
-        cdef const char* col
-        cdef const f64_t* g
-        cdef const u16_t* lt
-        cdef i64_t* cnt
-        cdef f64_t v, dv, a1, a2, b1, b2, tl, th, flo, finv, fmin, fmax, sh, g0, glast
-        cdef i64_t nn, nb, na, ni
+        cdef const char* row
+        cdef real_t* buf = NULL
+        cdef real_t* tmp
+        if d > 1 and n >= _SMALL_ROWS and rs != isz:
+            R = _TILE_VALUES // d
+            if R < _RUN:
+                R = _RUN
+            if R > n:
+                R = n
+            # Column stride padded off a power of two: d write streams would share cache sets.
+            Rp = R + 24
+            buf = <real_t*>malloc(Rp * d * isz)
+            if buf == NULL:
+                return -1
+        else:
+            for j in range(d):
+                i0 = 0
+                while i0 < n:
+                    i1 = i0 + _RUN if n - i0 > _RUN else n
+                    self._fold_run(j, <const real_t*>(base + j * cs + i0 * rs), rs, i1 - i0)
+                    i0 = i1
+            return 0
         i0 = 0
         while i0 < n:
-            i1 = i0 + _BLOCK
-            if i1 > n:
-                i1 = n
+            i1 = i0 + R if n - i0 > R else n
+            m = i1 - i0
+            # Transpose in strips of 16 rows: reads stay in L1, each column gets 16 values at once.
+            r0 = 0
+            while r0 < m:
+                r1 = r0 + 16 if m - r0 > 16 else m
+                for j in range(d):
+                    tmp = buf + j * Rp
+                    row = base + (i0 + r0) * rs + j * cs
+                    for i in range(r0, r1):
+                        tmp[i] = (<const real_t*>row)[0]
+                        row += rs
+                r0 = r1
             for j in range(d):
-                K = self.p_k[j]
-                g = self.p_grid + j * ks
-                lt = self.p_lut + j * (L + 1)
-                cnt = self.p_counts + j * (ks + 1)
-                col = base + j * cs
-                flo = self.p_lo[j]
-                finv = self.p_inv_w[j]
-                fmin = self.p_rmin[j]
-                fmax = self.p_rmax[j]
-                sh = self.p_shift[j]
-                g0 = g[0] if K > 0 else 0.0
-                glast = g[K - 1] if K > 0 else 0.0
-                a1 = 0.0
-                a2 = 0.0
-                b1 = 0.0
-                b2 = 0.0
-                tl = 0.0
-                th = 0.0
-                nn = 0
-                nb = 0
-                na = 0
-                ni = 0
-                for i in range(i0, i1):
-                    v = <f64_t>(<const real_t*>(col + i * rs))[0]
-                    if fmin <= v <= fmax:
-                        cnt[_bin_in_range(g, lt, L, flo, finv, v)] += 1
-                        dv = v - sh
-                        # Two accumulator pairs break the loop-carried add latency.
-                        if i & 1:
-                            b1 += dv
-                            b2 += dv * dv
-                        else:
-                            a1 += dv
-                            a2 += dv * dv
-                        continue
-                    if v != v:
-                        nn += 1
-                        continue
-                    if v < fmin:
-                        nb += 1
-                        cnt[0] += 1
-                        if v == -INFINITY:
-                            ni += 1
-                            continue
-                        tl += g0 - v
-                    else:
-                        na += 1
-                        cnt[K] += 1
-                        if v == INFINITY:
-                            ni += 1
-                            continue
-                        th += v - glast
-                    dv = v - sh
-                    a1 += dv
-                    a2 += dv * dv
-                self.p_nan[j] += nn
-                self.p_below[j] += nb
-                self.p_above[j] += na
-                self.p_inf[j] += ni
-                self.p_s1[j] += a1 + b1
-                self.p_s2[j] += a2 + b2
-                self.p_tlo[j] += tl
-                self.p_thi[j] += th
+                r0 = 0
+                while r0 < m:
+                    r1 = r0 + _RUN if m - r0 > _RUN else m
+                    self._fold_run(j, buf + j * Rp + r0, isz, r1 - r0)
+                    r0 = r1
             i0 = i1
+        free(buf)
+        return 0
+
+    @cython.nonecheck(False)
+    cdef void _fold_run(self, Py_ssize_t j, const real_t* x, Py_ssize_t stride,
+                        Py_ssize_t m) noexcept nogil:
+        """Fold ``m`` values of feature ``j``, ``stride`` bytes apart, into its state (partial sums
+        per run)."""
+        cdef Py_ssize_t L = self.L, ks = self.kstride, K = self.p_k[j], i = 0
+        cdef const char* p = <const char*>x
+        cdef const f64_t* g = self.p_grid + j * ks
+        cdef const u16_t* gd = self.p_guide + j * L
+        cdef const u16_t* lt = self.p_lut + j * (L + 1)
+        cdef i64_t* cnt = self.p_counts + j * (ks + 1)
+        cdef f64_t flo = self.p_lo[j], finv = self.p_inv_w[j], sh = self.p_shift[j]
+        cdef f64_t fmin = self.p_rmin[j], fmax = self.p_rmax[j]
+        cdef f64_t v, w, dv, a1 = 0.0, a2 = 0.0, b1 = 0.0, b2 = 0.0
+        cdef _Outside o
+        o.nn = o.nb = o.na = o.ni = 0
+        o.s1 = o.s2 = o.tl = o.th = 0.0
+        o.g0 = g[0] if K > 0 else 0.0
+        o.glast = g[K - 1] if K > 0 else 0.0
+        # Two values per step into two accumulator pairs: independent add chains.
+        while i + 1 < m:
+            v = <f64_t>(<const real_t*>(p + i * stride))[0]
+            w = <f64_t>(<const real_t*>(p + (i + 1) * stride))[0]
+            i += 2
+            if fmin <= v <= fmax:
+                cnt[_bin_guided(g, gd, lt, _cell(v, flo, finv, L), v)] += 1
+                dv = v - sh
+                a1 += dv
+                a2 += dv * dv
+            else:
+                _outside(v, cnt, K, fmin, sh, &o)
+            if fmin <= w <= fmax:
+                cnt[_bin_guided(g, gd, lt, _cell(w, flo, finv, L), w)] += 1
+                dv = w - sh
+                b1 += dv
+                b2 += dv * dv
+            else:
+                _outside(w, cnt, K, fmin, sh, &o)
+        if i < m:
+            v = <f64_t>(<const real_t*>(p + i * stride))[0]
+            if fmin <= v <= fmax:
+                cnt[_bin_guided(g, gd, lt, _cell(v, flo, finv, L), v)] += 1
+                dv = v - sh
+                a1 += dv
+                a2 += dv * dv
+            else:
+                _outside(v, cnt, K, fmin, sh, &o)
+        if o.nn or o.nb or o.na:
+            self.p_nan[j] += o.nn
+            self.p_below[j] += o.nb
+            self.p_above[j] += o.na
+            self.p_inf[j] += o.ni
+            self.p_tlo[j] += o.tl
+            self.p_thi[j] += o.th
+        self.p_s1[j] += (a1 + b1) + o.s1
+        self.p_s2[j] += (a2 + b2) + o.s2
 
     def stats(self, double eps):
         """Per-feature statistics as a (d, C_NSTATS) float64 array (columns STAT_*)."""
@@ -611,6 +725,7 @@ def bucketize(const f64_t[::1] g, const f64_t[::1] x, Py_ssize_t L=64):
     cdef const i64_t[::1] kk = np.array([K], dtype=np.int64)
     lo, inv_w, lut_arr = build_lut(grid, kk, L)
     cdef const u16_t[:, ::1] lut = lut_arr
+    cdef const u16_t[:, ::1] guide = _guide_table(lut_arr)
     cdef f64_t flo = lo[0], finv = inv_w[0], v
     out = np.zeros(x.shape[0], dtype=np.int64)
     cdef i64_t[::1] o = out
@@ -623,7 +738,7 @@ def bucketize(const f64_t[::1] g, const f64_t[::1] x, Py_ssize_t L=64):
         elif v > grid[0, K - 1]:
             o[i] = K
         else:
-            o[i] = _bin_in_range(&grid[0, 0], &lut[0, 0], L, flo, finv, v)
+            o[i] = _bin_guided(&grid[0, 0], &guide[0, 0], &lut[0, 0], _cell(v, flo, finv, L), v)
     return out
 
 

@@ -145,3 +145,68 @@ def test_bad_states_raise(profile: ReferenceProfile) -> None:
     other = ReferenceProfile.fit(np.ones((10, D)))
     with pytest.raises(DriftError, match="different reference profile"):
         mon + DriftMonitor(other)
+
+
+# -- the guided bin look-up equals numpy.searchsorted(side="right") on adversarial inputs ---------
+
+_raw_grid = st.one_of(
+    arrays(np.float64, st.integers(1, 60), elements=st.floats(-1e6, 1e6, allow_nan=False)),
+    arrays(np.float64, st.integers(1, 60), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 3.0])),  # ties
+    arrays(np.float64, st.integers(1, 60), elements=st.floats(-1e300, 1e300, allow_nan=False)),  # huge
+    st.just(np.array([7.0])),  # constant feature
+    arrays(np.float64, st.integers(2, 60), elements=st.floats(1.0, 1.0 + 1e-12)),  # crowded cells
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=_raw_grid, extra=arrays(np.float64, st.integers(0, 50), elements=st.floats(allow_nan=True)),
+       cells=st.sampled_from([1, 2, 7, 64, 4096]))
+def test_guided_bins_equal_searchsorted(raw: np.ndarray, extra: np.ndarray, cells: int) -> None:
+    from edgeops._native import _drift
+
+    grid = np.unique(raw)
+    x = np.concatenate([grid, np.nextafter(grid, -np.inf), np.nextafter(grid, np.inf), extra,
+                        [np.inf, -np.inf, np.nan, 1e308, -1e308, 0.0, -0.0]])
+    got = _drift.bucketize(grid, x, cells)
+    want = np.where(np.isnan(x), -1, np.searchsorted(grid, x, side="right"))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ref=arrays(np.float64, (200, 2), elements=st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, 1.0]))),
+       cur=arrays(np.float64, st.tuples(st.integers(0, 300), st.just(2)),
+                  elements=st.one_of(st.floats(-2e3, 2e3), st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 1.0]))),
+       order=st.sampled_from(["C", "F"]), f32=st.booleans())
+def test_fold_counts_equal_searchsorted(ref: np.ndarray, cur: np.ndarray, order: str, f32: bool) -> None:
+    profile = ReferenceProfile.fit(ref, bins=5, cdf_points=16)
+    if f32:
+        cur = cur.astype(np.float32)
+    mon = DriftMonitor(profile)
+    mon.update(np.asarray(cur, order=order))
+    hist = mon.state_dict()["hist"]
+    for j, f in enumerate(profile.features):
+        col = cur[:, j].astype(np.float64)
+        col = col[~np.isnan(col)]
+        want = np.bincount(np.searchsorted(f.grid, col, side="right"), minlength=f.grid.size + 1)
+        got = np.zeros_like(want)
+        got[np.asarray(hist[j]["i"], dtype=np.int64)] = hist[j]["c"]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fold_across_tiles_and_runs_equals_searchsorted() -> None:
+    # More rows than one transpose tile (262,144 values / d) and many runs, row-major float32.
+    rng = np.random.default_rng(22)
+    profile = ReferenceProfile.fit(rng.normal(size=(5_000, 3)))
+    cur = rng.normal(0.2, 1.3, size=(200_003, 3)).astype(np.float32)
+    cur[::997, 1] = np.nan
+    mon = DriftMonitor(profile)
+    mon.update(cur)
+    hist = mon.state_dict()["hist"]
+    for j, f in enumerate(profile.features):
+        col = cur[:, j].astype(np.float64)
+        col = col[~np.isnan(col)]
+        want = np.bincount(np.searchsorted(f.grid, col, side="right"), minlength=f.grid.size + 1)
+        got = np.zeros_like(want)
+        got[np.asarray(hist[j]["i"], dtype=np.int64)] = hist[j]["c"]
+        np.testing.assert_array_equal(got, want)
+        assert mon.report().features[j].mean == pytest.approx(col.mean(), rel=1e-9, abs=1e-12)
