@@ -1,9 +1,8 @@
-"""Simulated input streams for devices without a real sensor or application."""
+"""The bundled digits data set, shared read-only by every simulated device in a process."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -26,19 +25,3 @@ def digits_dataset() -> tuple[np.ndarray, np.ndarray]:
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
-
-
-class DigitsStream:
-    """Rows of the digits set in a per-seed shuffled order, forever, as (1, 64) float32 batches.
-
-    Without drift; device_agent.simulation.DigitsInputs is the stream with injectable drift.
-    """
-
-    def __init__(self, seed: int = 0) -> None:
-        self._x, _ = digits_dataset()
-        self._rng = np.random.default_rng(seed)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            for index in self._rng.permutation(len(self._x)):
-                yield self._x[index : index + 1]

@@ -836,7 +836,33 @@ def _as_stream(xs: object) -> npt.NDArray[np.float64]:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-class PageHinkley:
+class _StreamDetector:
+    """The verb set every streaming change detector shares; the compiled core (``_c``) does the work."""
+
+    _c: Any
+
+    @property
+    def first_alarm(self) -> int:
+        """Index (in the last ``update_many`` batch) of its first alarm, or -1."""
+        return int(self._c.first_alarm)
+
+    def update(self, x: float) -> bool:
+        """Feed one sample; True when it raised an alarm."""
+        return bool(self._c.update(x))
+
+    def update_many(self, xs: np.ndarray | Sequence[float]) -> int:
+        """Feed a 1-D batch in order; returns the number of alarms (see :attr:`first_alarm`)."""
+        return int(self._c.update_many(_as_stream(xs)))
+
+    def get(self) -> float:
+        """Current test statistic (0.0 right after construction, reset or an alarm)."""
+        return float(self._c.get())
+
+    def reset(self) -> None:
+        self._c.reset()
+
+
+class PageHinkley(_StreamDetector):
     """Page-Hinkley test for a change in the mean of a scalar stream (e.g. prediction confidence).
 
     With x_bar the running mean since the last alarm, ``s_up = alpha * s_up + (x - x_bar - delta)``
@@ -864,28 +890,8 @@ class PageHinkley:
     def threshold(self) -> float:
         return float(self._c.threshold)
 
-    @property
-    def first_alarm(self) -> int:
-        """Index (in the last ``update_many`` batch) of its first alarm, or -1."""
-        return int(self._c.first_alarm)
 
-    def update(self, x: float) -> bool:
-        """Feed one sample; True when it raised an alarm."""
-        return bool(self._c.update(x))
-
-    def update_many(self, xs: np.ndarray | Sequence[float]) -> int:
-        """Feed a 1-D batch in order; returns the number of alarms (see :attr:`first_alarm`)."""
-        return int(self._c.update_many(_as_stream(xs)))
-
-    def get(self) -> float:
-        """Current test statistic (0.0 right after construction, reset or an alarm)."""
-        return float(self._c.get())
-
-    def reset(self) -> None:
-        self._c.reset()
-
-
-class Cusum:
+class Cusum(_StreamDetector):
     """Two-sided tabular CUSUM for a shift of a scalar stream's mean away from ``target``.
 
     ``s_hi = max(0, s_hi + x - target - slack)``, ``s_lo = max(0, s_lo + target - slack - x)``; an
@@ -907,22 +913,4 @@ class Cusum:
     def target(self) -> float | None:
         return float(self._c.target) if self._c.has_target else None
 
-    @property
-    def first_alarm(self) -> int:
-        """Index (in the last ``update_many`` batch) of its first alarm, or -1."""
-        return int(self._c.first_alarm)
 
-    def update(self, x: float) -> bool:
-        """Feed one sample; True when it raised an alarm."""
-        return bool(self._c.update(x))
-
-    def update_many(self, xs: np.ndarray | Sequence[float]) -> int:
-        """Feed a 1-D batch in order; returns the number of alarms (see :attr:`first_alarm`)."""
-        return int(self._c.update_many(_as_stream(xs)))
-
-    def get(self) -> float:
-        """Current statistic ``max(s_hi, s_lo)``."""
-        return float(self._c.get())
-
-    def reset(self) -> None:
-        self._c.reset()
