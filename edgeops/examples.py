@@ -20,12 +20,15 @@ class TrainedExample:
     y_test: np.ndarray
 
 
-def train_digits_mlp(out_path: Path, *, hidden: int = 32, seed: int = 0) -> TrainedExample:
-    """Train a small MLP on the bundled digits set and export it to ONNX (labels + probabilities).
+def train_digits_mlp(out_path: Path, *, hidden: int | tuple[int, ...] = 32, seed: int = 0) -> TrainedExample:
+    """Train an MLP on the bundled digits set and export it to ONNX (labels + probabilities).
 
     The scaler is part of the exported graph, so the model takes raw 0..16 pixel values, the same
-    rows the simulated devices stream.
+    rows the simulated devices stream. ``hidden`` is one layer's width or a tuple of widths: the
+    default 32-unit model is what the demo and tests ship (fast to train, 11 KB); wider ones
+    (e.g. ``(512, 512)``) are where int8 GEMMs pay off, which the quantization benchmark needs.
     """
+    layers = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     try:
         from skl2onnx import to_onnx
         from sklearn.datasets import load_digits
@@ -41,7 +44,7 @@ def train_digits_mlp(out_path: Path, *, hidden: int = 32, seed: int = 0) -> Trai
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
     pipeline = make_pipeline(
         StandardScaler(),
-        MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=300, random_state=seed),
+        MLPClassifier(hidden_layer_sizes=layers, max_iter=300, random_state=seed),
     )
     pipeline.fit(x_train, y_train)
     accuracy = float(pipeline.score(x_test, y_test))
