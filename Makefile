@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeops-installed
-NATIVE := $(wildcard native/*.pyx native/*.pxd)
+NATIVE := $(wildcard native/*.pyx native/*.pxd native/src/*.c native/src/*.h)
 
 .PHONY: demo test lint typecheck unit integration test-debug-build bench clean help
 

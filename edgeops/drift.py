@@ -58,9 +58,10 @@ DEFAULT_BINS = 10
 """Quantile bins of PSI and Jensen-Shannon."""
 DEFAULT_CDF_POINTS = 2048
 """Target size of the fine reference grid used by KS and Wasserstein."""
-# Look-up table cells per grid point (capped): with 8, a grid of quantiles of a smooth density has at
-# most two points per cell almost everywhere, the fold's branch-free fast path.
+# Look-up table cells per grid point, per feature (clipped): with 8, a grid of quantiles of a smooth
+# density has at most one point per cell almost everywhere, the fold's branch-free fast path.
 _LUT_CELLS_PER_POINT = 8
+_LUT_MIN_CELLS = 64
 _LUT_MAX_CELLS = 65536
 _PROFILE_KIND = "edgeops.drift.profile"
 _MONITOR_KIND = "edgeops.drift.monitor"
@@ -456,8 +457,6 @@ class ReferenceProfile:
         ref_bins = np.zeros((d, bmax), dtype=np.int64)
         nbins = np.zeros(d, dtype=np.int64)
         ref_n = np.zeros(d, dtype=np.int64)
-        ref_min = np.full(d, np.inf)
-        ref_max = np.full(d, -np.inf)
         shift = np.zeros(d)
         for j, f in enumerate(self.features):
             K = f.grid.size
@@ -470,13 +469,8 @@ class ReferenceProfile:
             nbins[j] = f.bin_counts.size
             ref_n[j] = f.n_finite
             shift[j] = f.mean
-            if K:
-                ref_min[j] = f.min
-                ref_max[j] = f.max
-        cells = int(min(_LUT_MAX_CELLS, max(64, _LUT_CELLS_PER_POINT * int(ks.max()))))
-        lo, inv_w, lut = _core.build_lut(grid, ks, cells)
-        return _core._Core(grid, ks, lut, lo, inv_w, ref_min, ref_max, shift,
-                           coarse, nbins, ref_bins, ref_lt, ref_n)
+        cells = np.clip(_LUT_CELLS_PER_POINT * ks, _LUT_MIN_CELLS, _LUT_MAX_CELLS)
+        return _core._Core(grid, ks, shift, coarse, nbins, ref_bins, ref_lt, ref_n, cells)
 
 
 # ------------------------------------------------------------------------------------------------

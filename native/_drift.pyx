@@ -7,8 +7,9 @@ Python-level objects, so merging and serialising never depend on the machine's w
 
 Binning. Each feature has a sorted grid ``g[0] < ... < g[K-1]`` of reference values (fine
 quantiles, the coarse PSI edges among them). A value ``x`` goes to fine bin ``#(g <= x)`` in
-``0..K``. A uniform guide table over ``[g[0], g[K-1]]`` (see _bin_guided) gives the first candidate
-point, so the typical cost is one table read and two branch-free comparisons.
+``0..K``. The per-value work is in C (native/src/fold.c): a uniform cell table over
+``[g[0], g[K-1]]`` gives each cell's first grid point and the one point inside it, so a bin is one
+cell computation, two table reads and one comparison, branch-free and vectorised.
 """
 
 cimport cython
@@ -17,18 +18,89 @@ from libc.stdlib cimport free, malloc
 
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_GetBuffer
 
-from _types cimport f64_t, i32_t, i64_t, real_t, u16_t
+from _types cimport f64_t, i32_t, i64_t, real_t
+
+cdef extern from "src/fold.h" nogil:
+    enum: EDF_BLOCK
+    ctypedef struct edf_tab32:
+        const float* keys
+        const i32_t* base
+        const float* thr
+        i64_t L
+        float lo, inv, top, vmin, vmax
+    ctypedef struct edf_tab64:
+        const f64_t* keys
+        const i32_t* base
+        const f64_t* thr
+        i64_t L
+        f64_t lo, inv, top, vmin, vmax
+    ctypedef struct edf_cols32:
+        const i32_t* base
+        const i32_t* off
+        const float* thr
+        const float* lo
+        const float* inv
+        const float* top
+        const float* vmin
+        const float* vmax
+        const f64_t* shift
+    ctypedef struct edf_cols64:
+        const i32_t* base
+        const i32_t* off
+        const f64_t* thr
+        const f64_t* lo
+        const f64_t* inv
+        const f64_t* top
+        const f64_t* vmin
+        const f64_t* vmax
+        const f64_t* shift
+    ctypedef struct edf_feat:
+        i64_t K
+        f64_t g0
+        f64_t glast
+        f64_t shift
+    ctypedef struct edf_acc:
+        i64_t nn, nb, na, ni
+        f64_t s1, s2, tl, th
+    void edf_build32(const f64_t* grid, i64_t K, i64_t L, float* keys, i32_t* base, float* thr,
+                     edf_tab32* t)
+    void edf_build64(const f64_t* grid, i64_t K, i64_t L, i32_t* base, f64_t* thr, edf_tab64* t)
+    i64_t edf_bin32(const edf_tab32* t, float x)
+    i64_t edf_bin64(const edf_tab64* t, f64_t x)
+    void edf_fold32(const edf_tab32* t, const edf_feat* f, const float* x, Py_ssize_t m,
+                    i64_t* cnt, edf_acc* acc)
+    void edf_fold64(const edf_tab64* t, const edf_feat* f, const f64_t* x, Py_ssize_t m,
+                    i64_t* cnt, edf_acc* acc)
+    ctypedef struct edf_state:
+        i64_t* nn
+        i64_t* nb
+        i64_t* na
+        i64_t* ni
+        f64_t* s1
+        f64_t* s2
+        f64_t* tl
+        f64_t* th
+    void edf_rows32(const edf_tab32* tabs, const edf_cols32* cols, const edf_feat* feats,
+                    const char* x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t rs, Py_ssize_t cs,
+                    i64_t* counts, Py_ssize_t cstride, const edf_state* st)
+    void edf_rows64(const edf_tab64* tabs, const edf_cols64* cols, const edf_feat* feats,
+                    const char* x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t rs, Py_ssize_t cs,
+                    i64_t* counts, Py_ssize_t cstride, const edf_state* st)
+    void edf_transpose32(const char* x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t rs, Py_ssize_t cs,
+                         float* buf, Py_ssize_t ld)
+    void edf_transpose64(const char* x, Py_ssize_t n, Py_ssize_t d, Py_ssize_t rs, Py_ssize_t cs,
+                         f64_t* buf, Py_ssize_t ld)
+    const char* edf_kernel_isa()
 
 import numpy as np
 
 from edgeops.errors import DriftError
 
 # Fold tiling: values per transposed tile of a row-major batch (scratch <= 2 MB, freed after each
-# update), rows below which a batch is read in place, values per feature run (partial sums).
+# update), rows below which a batch is folded value by value in place.
 cdef enum:
     _TILE_VALUES = 262144
     _SMALL_ROWS = 32
-    _RUN = 2048
 
 # Columns of the per-feature result of ``_Core.stats``.
 cdef enum:
@@ -156,135 +228,158 @@ def psi_js_counts(const i64_t[::1] cur, const i64_t[::1] ref, double eps):
 # The histogram core of DriftMonitor
 # --------------------------------------------------------------------------------------------
 
-cdef inline Py_ssize_t _cell(f64_t x, f64_t lo, f64_t inv_w, Py_ssize_t L) noexcept nogil:
-    """Look-up-table cell of an in-range value; monotone in x, shared by table build and fold."""
-    cdef f64_t t = (x - lo) * inv_w
-    if t < <f64_t>L:
-        return <Py_ssize_t>t
-    return L - 1
+cdef class _Tables:
+    """The cell tables of one reference profile, per input type, built on first use and shared by
+    every copy of a core (derived data: never serialised).
 
-
-cdef inline Py_ssize_t _bin_in_range(const f64_t* g, const u16_t* lut, Py_ssize_t L, f64_t lo,
-                                     f64_t inv_w, f64_t x) noexcept nogil:
-    """``#(g <= x)`` for g[0] <= x <= g[K-1]; g is padded with at least two +inf.
-
-    ``lut[c]`` counts the grid points whose cell is below c. Points of later cells exceed x (the cell
-    is monotone in x), so only the points of x's own cell need comparing: at most two, branch-free,
-    in the common case, a binary search otherwise.
+    Feature j with K grid points has L = cells[j] cells. float64 input uses ``base64`` (L + 1 int32
+    entries from ``off[j]``) and ``thr64`` (L float64 from ``off[j]``); float32 input uses
+    ``keys32`` (the grid rounded up to float32, +inf padded), ``base32`` and ``thr32``. ``par64`` /
+    ``par32`` hold each feature's cell parameters side by side (rows lo, inv, top, vmin, vmax) for
+    the small-batch kernel. See native/src/fold.h.
     """
-    cdef Py_ssize_t c = _cell(x, lo, inv_w, L)
-    cdef Py_ssize_t a = lut[c], b = lut[c + 1], mid
-    if b - a <= 2:
-        return a + (g[a] <= x) + (g[a + 1] <= x)
-    while a < b:
-        mid = (a + b) >> 1
-        if g[mid] <= x:
-            a = mid + 1
-        else:
-            b = mid
-    return a
+
+    cdef readonly Py_ssize_t d, kstride
+    cdef readonly object grid, k, shift, cells, off
+    cdef readonly object keys32, base32, thr32, par32, base64, thr64, par64
+    cdef edf_tab32* t32
+    cdef edf_tab64* t64
+    cdef edf_cols32 c32
+    cdef edf_cols64 c64
+
+    def __cinit__(self):
+        self.t32 = NULL
+        self.t64 = NULL
+
+    def __init__(self, grid, k, shift, cells):
+        self.grid = grid
+        self.k = k
+        self.shift = shift
+        self.d = grid.shape[0]
+        self.kstride = grid.shape[1]
+        self.cells = np.ascontiguousarray(cells, dtype=np.int64)
+        if self.cells.shape != (self.d,) or np.any(self.cells < 1) or np.any(self.cells > 1 << 20):
+            raise DriftError("cell counts out of range")
+        off = np.zeros(self.d + 1, dtype=np.int64)
+        np.cumsum(self.cells + 1, out=off[1:])
+        if off[self.d] >= 1 << 31:
+            raise DriftError("look-up tables too large")
+        self.off = off.astype(np.int32)
+
+    def __dealloc__(self):
+        free(self.t32)
+        free(self.t64)
+
+    cdef int ensure32(self) except -1:
+        if self.t32 != NULL:
+            return 0
+        cdef Py_ssize_t d = self.d, j
+        cdef i64_t o
+        self.keys32 = np.zeros((d, self.kstride), dtype=np.float32)
+        self.base32 = np.zeros(self.off[d], dtype=np.int32)
+        self.thr32 = np.zeros(self.off[d], dtype=np.float32)
+        self.par32 = np.zeros((5, d), dtype=np.float32)
+        cdef const f64_t[:, ::1] grid = self.grid
+        cdef const i64_t[::1] k = self.k, cells = self.cells
+        cdef const i32_t[::1] off = self.off
+        cdef float[:, ::1] keys = self.keys32, par = self.par32
+        cdef i32_t[::1] base = self.base32
+        cdef float[::1] thr = self.thr32
+        cdef const f64_t[::1] shift = self.shift
+        cdef edf_tab32* t = <edf_tab32*>malloc(d * sizeof(edf_tab32))
+        if t == NULL:
+            raise MemoryError()
+        for j in range(d):
+            o = off[j]
+            edf_build32(&grid[j, 0], k[j], cells[j], &keys[j, 0], &base[o], &thr[o], &t[j])
+            par[0, j] = t[j].lo
+            par[1, j] = t[j].inv
+            par[2, j] = t[j].top
+            par[3, j] = t[j].vmin
+            par[4, j] = t[j].vmax
+        self.c32.base = &base[0]
+        self.c32.off = &off[0]
+        self.c32.thr = &thr[0]
+        self.c32.lo = &par[0, 0]
+        self.c32.inv = &par[1, 0]
+        self.c32.top = &par[2, 0]
+        self.c32.vmin = &par[3, 0]
+        self.c32.vmax = &par[4, 0]
+        self.c32.shift = &shift[0]
+        self.t32 = t
+        return 0
+
+    cdef int ensure64(self) except -1:
+        if self.t64 != NULL:
+            return 0
+        cdef Py_ssize_t d = self.d, j
+        cdef i64_t o
+        self.base64 = np.zeros(self.off[d], dtype=np.int32)
+        self.thr64 = np.zeros(self.off[d], dtype=np.float64)
+        self.par64 = np.zeros((5, d), dtype=np.float64)
+        cdef const f64_t[:, ::1] grid = self.grid
+        cdef const i64_t[::1] k = self.k, cells = self.cells
+        cdef const i32_t[::1] off = self.off
+        cdef i32_t[::1] base = self.base64
+        cdef f64_t[::1] thr = self.thr64
+        cdef f64_t[:, ::1] par = self.par64
+        cdef const f64_t[::1] shift = self.shift
+        cdef edf_tab64* t = <edf_tab64*>malloc(d * sizeof(edf_tab64))
+        if t == NULL:
+            raise MemoryError()
+        for j in range(d):
+            o = off[j]
+            edf_build64(&grid[j, 0], k[j], cells[j], &base[o], &thr[o], &t[j])
+            par[0, j] = t[j].lo
+            par[1, j] = t[j].inv
+            par[2, j] = t[j].top
+            par[3, j] = t[j].vmin
+            par[4, j] = t[j].vmax
+        self.c64.base = &base[0]
+        self.c64.off = &off[0]
+        self.c64.thr = &thr[0]
+        self.c64.lo = &par[0, 0]
+        self.c64.inv = &par[1, 0]
+        self.c64.top = &par[2, 0]
+        self.c64.vmin = &par[3, 0]
+        self.c64.vmax = &par[4, 0]
+        self.c64.shift = &shift[0]
+        self.t64 = t
+        return 0
 
 
-
-cdef enum:
-    # Guide entry flag: the cell holds more than two grid points (binary search among them).
-    _CROWDED = 0x8000
-
-
-cdef inline Py_ssize_t _bin_guided(const f64_t* g, const u16_t* guide, const u16_t* lut,
-                                   Py_ssize_t c, f64_t x) noexcept nogil:
-    """``#(g <= x)`` for x in look-up cell ``c``: the fold's version of _bin_in_range.
-
-    ``guide[c]`` is ``lut[c]`` (the first grid point not below the cell) with _CROWDED set when
-    the cell holds more than two points, so the common case reads one table entry, then compares
-    x with that point and the next, branch-free. Same result as _bin_in_range, bit for bit.
-    """
-    cdef Py_ssize_t a = guide[c], b, mid
-    if not (a & _CROWDED):
-        return a + (g[a] <= x) + (g[a + 1] <= x)
-    a = a & (_CROWDED - 1)
-    b = lut[c + 1]
-    while a < b:
-        mid = (a + b) >> 1
-        if g[mid] <= x:
-            a = mid + 1
-        else:
-            b = mid
-    return a
-
-
-cdef _guide_table(lut):
-    """Guide entries of a (d, L+1) look-up table: derived data, rebuilt whenever a core is built."""
-    lut64 = np.asarray(lut, dtype=np.int64)
-    guide = lut64[:, :-1].copy()
-    guide[np.diff(lut64, axis=1) > 2] |= _CROWDED
-    return np.ascontiguousarray(guide, dtype=np.uint16)
-
-
-cdef struct _Outside:
-    # Running totals of the values a fold run finds outside the reference range (or NaN).
-    i64_t nn, nb, na, ni
-    f64_t s1, s2, tl, th, g0, glast
-
-
-cdef inline void _outside(f64_t v, i64_t* cnt, Py_ssize_t K, f64_t fmin, f64_t sh,
-                          _Outside* o) noexcept nogil:
-    """A NaN or a value outside [ref min, ref max] (the rare path of the fold)."""
-    cdef f64_t dv
-    if v != v:
-        o.nn += 1
-        return
-    if v < fmin:
-        o.nb += 1
-        cnt[0] += 1
-        if v == -INFINITY:
-            o.ni += 1
-            return
-        o.tl += o.g0 - v
-    else:
-        o.na += 1
-        cnt[K] += 1
-        if v == INFINITY:
-            o.ni += 1
-            return
-        o.th += v - o.glast
-    dv = v - sh
-    o.s1 += dv
-    o.s2 += dv * dv
+def kernel_isa() -> str:
+    """The variant of the fold kernels this CPU runs ("avx2", "default" or "portable")."""
+    return edf_kernel_isa().decode()
 
 
 cdef class _Core:
     """Binning tables of one reference profile plus the mutable state of one window.
 
     Read-only tables (shared by copies): ``grid`` (d, kstride) padded with +inf (kstride >= K + 2),
-    ``k`` grid sizes, ``lut`` (d, L+1) uint16, ``lo`` / ``inv_w`` for the table, ``ref_min`` /
-    ``ref_max`` / ``shift``, ``coarse`` (d, kstride+1) fine bin -> PSI bin, ``nbins`` PSI bins per
-    feature, ``ref_bins`` (d, bmax) reference counts per PSI bin, ``ref_lt`` (d, kstride) reference
-    counts strictly below each grid point, ``ref_n`` finite reference counts.
+    ``k`` grid sizes, ``shift`` (the reference means), ``coarse`` (d, kstride+1) fine bin -> PSI
+    bin, ``nbins`` PSI bins per feature, ``ref_bins`` (d, bmax) reference counts per PSI bin,
+    ``ref_lt`` (d, kstride) reference counts strictly below each grid point, ``ref_n`` finite
+    reference counts, ``tables`` (the fold's cell tables, ``cells[j]`` cells for feature j).
 
     State (int64 / float64): ``counts`` (d, kstride+1), ``n_nan``, ``n_below``, ``n_above``,
     ``n_inf``, ``s1``, ``s2`` (sums of x - shift and its square over finite values), ``tail_lo``,
     ``tail_hi`` (sums of g[0] - x below and x - g[K-1] above the reference range) and ``n_rows``.
     The arrays are allocated once and only ever modified in place, so the raw pointers the fold
-    uses stay valid for the object's lifetime.
+    uses stay valid for the object's lifetime. Slot K + 1 of each counts row is the fold's scratch
+    slot (for NaN) and is zero between calls.
     """
 
-    cdef readonly Py_ssize_t d, kstride, L, bmax
-    cdef readonly object grid, k, lut, lo, inv_w, ref_min, ref_max, shift
+    cdef readonly Py_ssize_t d, kstride, bmax
+    cdef readonly object grid, k, shift
     cdef readonly object coarse, nbins, ref_bins, ref_lt, ref_n
-    cdef object guide
+    cdef readonly _Tables tables
     cdef readonly object counts, n_nan, n_below, n_above, n_inf, s1, s2, tail_lo, tail_hi
     cdef public i64_t n_rows
+    cdef object feat_buf
     # Raw views of the arrays above (bound in _bind).
-    cdef const f64_t* p_grid
-    cdef const i64_t* p_k
-    cdef const u16_t* p_lut
-    cdef const u16_t* p_guide
-    cdef const f64_t* p_lo
-    cdef const f64_t* p_inv_w
-    cdef const f64_t* p_rmin
-    cdef const f64_t* p_rmax
-    cdef const f64_t* p_shift
+    cdef const edf_feat* p_feat
+    cdef edf_state st
     cdef i64_t* p_counts
     cdef i64_t* p_nan
     cdef i64_t* p_below
@@ -295,18 +390,11 @@ cdef class _Core:
     cdef f64_t* p_tlo
     cdef f64_t* p_thi
 
-    def __init__(self, grid, k, lut, lo, inv_w, ref_min, ref_max, shift,
-                 coarse, nbins, ref_bins, ref_lt, ref_n):
+    def __init__(self, grid, k, shift, coarse, nbins, ref_bins, ref_lt, ref_n, cells):
         self.grid = np.ascontiguousarray(grid, dtype=np.float64)
         self.d = self.grid.shape[0]
         self.kstride = self.grid.shape[1]
         self.k = np.ascontiguousarray(k, dtype=np.int64)
-        self.lut = np.ascontiguousarray(lut, dtype=np.uint16)
-        self.L = self.lut.shape[1] - 1
-        self.lo = np.ascontiguousarray(lo, dtype=np.float64)
-        self.inv_w = np.ascontiguousarray(inv_w, dtype=np.float64)
-        self.ref_min = np.ascontiguousarray(ref_min, dtype=np.float64)
-        self.ref_max = np.ascontiguousarray(ref_max, dtype=np.float64)
         self.shift = np.ascontiguousarray(shift, dtype=np.float64)
         self.coarse = np.ascontiguousarray(coarse, dtype=np.int32)
         self.nbins = np.ascontiguousarray(nbins, dtype=np.int64)
@@ -314,33 +402,40 @@ cdef class _Core:
         self.bmax = self.ref_bins.shape[1]
         self.ref_lt = np.ascontiguousarray(ref_lt, dtype=np.int64)
         self.ref_n = np.ascontiguousarray(ref_n, dtype=np.int64)
-        if self.L < 1 or self.d < 1:
-            raise DriftError("core tables need at least one feature and one table cell")
+        if self.d < 1:
+            raise DriftError("core tables need at least one feature")
         for arr, shape in (
-            (self.k, (self.d,)), (self.lut, (self.d, self.L + 1)), (self.lo, (self.d,)),
-            (self.inv_w, (self.d,)), (self.ref_min, (self.d,)), (self.ref_max, (self.d,)),
-            (self.shift, (self.d,)), (self.coarse, (self.d, self.kstride + 1)),
+            (self.k, (self.d,)), (self.shift, (self.d,)), (self.coarse, (self.d, self.kstride + 1)),
             (self.nbins, (self.d,)), (self.ref_bins, (self.d, self.bmax)),
             (self.ref_lt, (self.d, self.kstride)), (self.ref_n, (self.d,)),
         ):
             if arr.shape != shape:
                 raise DriftError(f"inconsistent core table shape {arr.shape}, expected {shape}")
         # The fold trusts these invariants instead of checking per sample.
-        if np.any(self.k < 0) or np.any(self.k + 2 > self.kstride):
+        if np.any(self.k < 0) or np.any(self.k + 2 > self.kstride) or np.any(self.k >= 1 << 30):
             raise DriftError("grid sizes out of range (need two +inf pads)")
         kcol = self.k[:, None]
         cols = np.arange(self.kstride)[None, :]
         if not np.all(np.isposinf(self.grid[cols >= kcol])):
             raise DriftError("grid padding must be +inf")
+        with np.errstate(invalid="ignore"):  # inf - inf in the padding
+            steps = np.diff(self.grid, axis=1)
+        if np.any(steps[cols[:, 1:] < kcol] <= 0):
+            raise DriftError("grid must be strictly increasing")
         if np.any(self.nbins < 1) or np.any(self.nbins > self.bmax):
             raise DriftError("PSI bin counts out of range")
-        if np.any(self.lut > kcol) or np.any(np.diff(self.lut.astype(np.int64), axis=1) < 0):
-            raise DriftError("look-up table out of range")
         if np.any(self.coarse < 0) or np.any(self.coarse >= self.nbins[:, None]):
             raise DriftError("coarse map out of range")
-        if np.any(self.k >= _CROWDED):
-            raise DriftError("grid too long for the guide table")
-        self.guide = _guide_table(self.lut)
+        self.tables = _Tables(self.grid, self.k, self.shift, cells)
+        feat = np.zeros(self.d, dtype=[("K", np.int64), ("g0", np.float64), ("glast", np.float64),
+                                       ("shift", np.float64)])
+        has = self.k > 0
+        feat["K"] = self.k
+        rows = np.arange(self.d)
+        feat["g0"] = np.where(has, self.grid[rows, 0], 0.0)
+        feat["glast"] = np.where(has, self.grid[rows, np.maximum(self.k - 1, 0)], 0.0)
+        feat["shift"] = self.shift
+        self.feat_buf = feat
         self.counts = np.zeros((self.d, self.kstride + 1), dtype=np.int64)
         self.n_nan = np.zeros(self.d, dtype=np.int64)
         self.n_below = np.zeros(self.d, dtype=np.int64)
@@ -353,26 +448,18 @@ cdef class _Core:
         self.n_rows = 0
         self._bind()
 
+    @property
+    def cells(self):
+        """Cells of each feature's look-up table."""
+        return self.tables.cells
+
     cdef void _bind(self):
-        cdef const f64_t[:, ::1] grid = self.grid
-        cdef const i64_t[::1] k = self.k
-        cdef const u16_t[:, ::1] lut = self.lut
-        cdef const u16_t[:, ::1] guide = self.guide
-        cdef const f64_t[::1] lo = self.lo, inv_w = self.inv_w, rmin = self.ref_min
-        cdef const f64_t[::1] rmax = self.ref_max, shift = self.shift
+        cdef const unsigned char[::1] feat = self.feat_buf.view(np.uint8)
         cdef i64_t[:, ::1] counts = self.counts
         cdef i64_t[::1] n_nan = self.n_nan, n_below = self.n_below, n_above = self.n_above
         cdef i64_t[::1] n_inf = self.n_inf
         cdef f64_t[::1] s1 = self.s1, s2 = self.s2, tlo = self.tail_lo, thi = self.tail_hi
-        self.p_grid = &grid[0, 0]
-        self.p_k = &k[0]
-        self.p_lut = &lut[0, 0]
-        self.p_guide = &guide[0, 0]
-        self.p_lo = &lo[0]
-        self.p_inv_w = &inv_w[0]
-        self.p_rmin = &rmin[0]
-        self.p_rmax = &rmax[0]
-        self.p_shift = &shift[0]
+        self.p_feat = <const edf_feat*>&feat[0]
         self.p_counts = &counts[0, 0]
         self.p_nan = &n_nan[0]
         self.p_below = &n_below[0]
@@ -382,6 +469,14 @@ cdef class _Core:
         self.p_s2 = &s2[0]
         self.p_tlo = &tlo[0]
         self.p_thi = &thi[0]
+        self.st.nn = self.p_nan
+        self.st.nb = self.p_below
+        self.st.na = self.p_above
+        self.st.ni = self.p_inf
+        self.st.s1 = self.p_s1
+        self.st.s2 = self.p_s2
+        self.st.tl = self.p_tlo
+        self.st.th = self.p_thi
 
     def reset(self):
         """Zero the window state (tables are kept)."""
@@ -401,22 +496,17 @@ cdef class _Core:
         cdef _Core other = _Core.__new__(_Core)
         other.d = self.d
         other.kstride = self.kstride
-        other.L = self.L
         other.bmax = self.bmax
         other.grid = self.grid
         other.k = self.k
-        other.lut = self.lut
-        other.guide = self.guide
-        other.lo = self.lo
-        other.inv_w = self.inv_w
-        other.ref_min = self.ref_min
-        other.ref_max = self.ref_max
         other.shift = self.shift
         other.coarse = self.coarse
         other.nbins = self.nbins
         other.ref_bins = self.ref_bins
         other.ref_lt = self.ref_lt
         other.ref_n = self.ref_n
+        other.tables = self.tables
+        other.feat_buf = self.feat_buf
         other.counts = self.counts.copy()
         other.n_nan = self.n_nan.copy()
         other.n_below = self.n_below.copy()
@@ -474,10 +564,13 @@ cdef class _Core:
                 raise DriftError(f"drift batch must be float32 or float64, got {batch.dtype}")
             n = view.shape[0]
             if n:
-                with nogil:
-                    if is_f32:
+                if is_f32:
+                    self.tables.ensure32()
+                    with nogil:
                         rc = self._fold(<const float*>view.buf, n, view.strides[0], view.strides[1])
-                    else:
+                else:
+                    self.tables.ensure64()
+                    with nogil:
                         rc = self._fold(<const double*>view.buf, n, view.strides[0], view.strides[1])
                 if rc != 0:
                     raise MemoryError("no memory for the drift fold's scratch buffers")
@@ -489,117 +582,72 @@ cdef class _Core:
     cdef int _fold(self, const real_t* X, Py_ssize_t n, Py_ssize_t rs, Py_ssize_t cs) noexcept nogil:
         """Fold n rows; ``rs`` / ``cs`` are the row / column strides in bytes.
 
-        Work goes feature by feature over runs of at most _RUN values, so one feature's tables stay
-        in L1 for a whole run. A row-major batch is first transposed, one tile of rows at a time,
-        into a contiguous buffer (one read of the batch in memory order); a column that already is
-        contiguous (one feature, Fortran order) is read in place. Returns -1 when out of memory
-        (nothing folded), else 0.
+        Contiguous columns (one feature, Fortran order) go to the block kernel in place. Batches
+        of fewer than _SMALL_ROWS rows otherwise are folded in place in one call (edf_rows: across
+        the features of each row when they are contiguous, else value by value).
+        Larger ones are transposed, one tile of rows at a time, into a contiguous buffer (one read
+        of the batch in memory order) and each column of the tile goes to the block kernel.
+        Returns -1 when out of memory (nothing folded), else 0.
         """
-        cdef Py_ssize_t d = self.d, isz = sizeof(real_t), R = 0, Rp = 0, i0, i1, i, j, m, r0, r1
+        cdef Py_ssize_t d = self.d, isz = sizeof(real_t), R, Rp, i0, i1, j, m
         cdef const char* base = <const char*>X
-        cdef const char* row
-        cdef real_t* buf = NULL
-        cdef real_t* tmp
-        if d > 1 and n >= _SMALL_ROWS and rs != isz:
-            R = _TILE_VALUES // d
-            if R < _RUN:
-                R = _RUN
-            if R > n:
-                R = n
-            # Column stride padded off a power of two: d write streams would share cache sets.
-            Rp = R + 24
-            buf = <real_t*>malloc(Rp * d * isz)
-            if buf == NULL:
-                return -1
-        else:
+        cdef real_t* buf
+        if rs == isz:
             for j in range(d):
-                i0 = 0
-                while i0 < n:
-                    i1 = i0 + _RUN if n - i0 > _RUN else n
-                    self._fold_run(j, <const real_t*>(base + j * cs + i0 * rs), rs, i1 - i0)
-                    i0 = i1
+                self._fold_column(j, <const real_t*>(base + j * cs), n)
             return 0
+        if n < _SMALL_ROWS:
+            if real_t is float:
+                edf_rows32(self.tables.t32, &self.tables.c32, self.p_feat, base, n, d, rs, cs,
+                           self.p_counts, self.kstride + 1, &self.st)
+            else:
+                edf_rows64(self.tables.t64, &self.tables.c64, self.p_feat, base, n, d, rs, cs,
+                           self.p_counts, self.kstride + 1, &self.st)
+            return 0
+        R = _TILE_VALUES // d
+        if R < EDF_BLOCK:
+            R = EDF_BLOCK
+        if R > n:
+            R = n
+        # Column stride padded off a power of two: d write streams would share cache sets.
+        Rp = R + 24
+        buf = <real_t*>malloc(Rp * d * isz)
+        if buf == NULL:
+            return -1
         i0 = 0
         while i0 < n:
             i1 = i0 + R if n - i0 > R else n
             m = i1 - i0
-            # Transpose in strips of 16 rows: reads stay in L1, each column gets 16 values at once.
-            r0 = 0
-            while r0 < m:
-                r1 = r0 + 16 if m - r0 > 16 else m
-                for j in range(d):
-                    tmp = buf + j * Rp
-                    row = base + (i0 + r0) * rs + j * cs
-                    for i in range(r0, r1):
-                        tmp[i] = (<const real_t*>row)[0]
-                        row += rs
-                r0 = r1
+            if real_t is float:
+                edf_transpose32(base + i0 * rs, m, d, rs, cs, buf, Rp)
+            else:
+                edf_transpose64(base + i0 * rs, m, d, rs, cs, buf, Rp)
             for j in range(d):
-                r0 = 0
-                while r0 < m:
-                    r1 = r0 + _RUN if m - r0 > _RUN else m
-                    self._fold_run(j, buf + j * Rp + r0, isz, r1 - r0)
-                    r0 = r1
+                self._fold_column(j, buf + j * Rp, m)
             i0 = i1
         free(buf)
         return 0
 
     @cython.nonecheck(False)
-    cdef void _fold_run(self, Py_ssize_t j, const real_t* x, Py_ssize_t stride,
-                        Py_ssize_t m) noexcept nogil:
-        """Fold ``m`` values of feature ``j``, ``stride`` bytes apart, into its state (partial sums
-        per run)."""
-        cdef Py_ssize_t L = self.L, ks = self.kstride, K = self.p_k[j], i = 0
-        cdef const char* p = <const char*>x
-        cdef const f64_t* g = self.p_grid + j * ks
-        cdef const u16_t* gd = self.p_guide + j * L
-        cdef const u16_t* lt = self.p_lut + j * (L + 1)
-        cdef i64_t* cnt = self.p_counts + j * (ks + 1)
-        cdef f64_t flo = self.p_lo[j], finv = self.p_inv_w[j], sh = self.p_shift[j]
-        cdef f64_t fmin = self.p_rmin[j], fmax = self.p_rmax[j]
-        cdef f64_t v, w, dv, a1 = 0.0, a2 = 0.0, b1 = 0.0, b2 = 0.0
-        cdef _Outside o
-        o.nn = o.nb = o.na = o.ni = 0
-        o.s1 = o.s2 = o.tl = o.th = 0.0
-        o.g0 = g[0] if K > 0 else 0.0
-        o.glast = g[K - 1] if K > 0 else 0.0
-        # Two values per step into two accumulator pairs: independent add chains.
-        while i + 1 < m:
-            v = <f64_t>(<const real_t*>(p + i * stride))[0]
-            w = <f64_t>(<const real_t*>(p + (i + 1) * stride))[0]
-            i += 2
-            if fmin <= v <= fmax:
-                cnt[_bin_guided(g, gd, lt, _cell(v, flo, finv, L), v)] += 1
-                dv = v - sh
-                a1 += dv
-                a2 += dv * dv
-            else:
-                _outside(v, cnt, K, fmin, sh, &o)
-            if fmin <= w <= fmax:
-                cnt[_bin_guided(g, gd, lt, _cell(w, flo, finv, L), w)] += 1
-                dv = w - sh
-                b1 += dv
-                b2 += dv * dv
-            else:
-                _outside(w, cnt, K, fmin, sh, &o)
-        if i < m:
-            v = <f64_t>(<const real_t*>(p + i * stride))[0]
-            if fmin <= v <= fmax:
-                cnt[_bin_guided(g, gd, lt, _cell(v, flo, finv, L), v)] += 1
-                dv = v - sh
-                a1 += dv
-                a2 += dv * dv
-            else:
-                _outside(v, cnt, K, fmin, sh, &o)
-        if o.nn or o.nb or o.na:
-            self.p_nan[j] += o.nn
-            self.p_below[j] += o.nb
-            self.p_above[j] += o.na
-            self.p_inf[j] += o.ni
-            self.p_tlo[j] += o.tl
-            self.p_thi[j] += o.th
-        self.p_s1[j] += (a1 + b1) + o.s1
-        self.p_s2[j] += (a2 + b2) + o.s2
+    cdef void _fold_column(self, Py_ssize_t j, const real_t* x, Py_ssize_t m) noexcept nogil:
+        """Fold ``m`` contiguous values of feature ``j`` into its state."""
+        cdef i64_t* cnt = self.p_counts + j * (self.kstride + 1)
+        cdef edf_acc a
+        a.nn = a.nb = a.na = a.ni = 0
+        a.s1 = a.s2 = a.tl = a.th = 0.0
+        if real_t is float:
+            edf_fold32(&self.tables.t32[j], &self.p_feat[j], x, m, cnt, &a)
+        else:
+            edf_fold64(&self.tables.t64[j], &self.p_feat[j], x, m, cnt, &a)
+        if a.nn or a.nb or a.na:
+            self.p_nan[j] += a.nn
+            self.p_below[j] += a.nb
+            self.p_above[j] += a.na
+            self.p_inf[j] += a.ni
+            self.p_tlo[j] += a.tl
+            self.p_thi[j] += a.th
+        self.p_s1[j] += a.s1
+        self.p_s2[j] += a.s2
 
     def stats(self, double eps):
         """Per-feature statistics as a (d, C_NSTATS) float64 array (columns STAT_*)."""
@@ -682,63 +730,41 @@ cdef class _Core:
         return out
 
 
-def build_lut(const f64_t[:, ::1] grid, const i64_t[::1] k, Py_ssize_t L):
-    """Look-up tables for ``_Core``: (lo, inv_w, lut), lut[j, c] = #(grid points of cell < c)."""
-    cdef Py_ssize_t d = grid.shape[0], j, c, K, p
+def bucketize(const f64_t[::1] g, const real_t[::1] x, Py_ssize_t L=64):
+    """Fine bin ``#(g <= x)`` of each value through the fold's cell tables (``L`` cells), -1 for
+    NaN. float32 ``x`` goes through the float32 tables; tests compare with numpy.searchsorted."""
+    cdef Py_ssize_t K = g.shape[0], i
     if L < 1 or L > 1 << 20:
         raise DriftError("look-up table size out of range")
-    if k.shape[0] != d or np.any(np.asarray(k) > grid.shape[1]) or np.any(np.asarray(k) >= 1 << 16):
-        raise DriftError("grid sizes out of range")
-    lo_arr = np.zeros(d, dtype=np.float64)
-    inv_arr = np.zeros(d, dtype=np.float64)
-    lut_arr = np.zeros((d, L + 1), dtype=np.uint16)
-    cdef f64_t[::1] lo = lo_arr, inv_w = inv_arr
-    cdef u16_t[:, ::1] lut = lut_arr
-    cdef f64_t a, b, w, iw
-    with nogil:
-        for j in range(d):
-            K = k[j]
-            if K == 0:
-                continue
-            a = grid[j, 0]
-            b = grid[j, K - 1]
-            lo[j] = a
-            w = (b - a) / L
-            iw = 1.0 / w if w > 0.0 else 0.0
-            if not (iw < 1e300):
-                iw = 0.0
-            inv_w[j] = iw
-            p = 0
-            for c in range(L + 1):
-                while p < K and _cell(grid[j, p], a, iw, L) < c:
-                    p += 1
-                lut[j, c] = <u16_t>p
-    return lo_arr, inv_arr, lut_arr
-
-
-def bucketize(const f64_t[::1] g, const f64_t[::1] x, Py_ssize_t L=64):
-    """Fine bin ``#(g <= x)`` of each value, -1 for NaN (tests compare with numpy.searchsorted)."""
-    cdef Py_ssize_t K = g.shape[0], i
-    padded = np.full((1, K + 2), np.inf)
-    padded[0, :K] = g
-    cdef const f64_t[:, ::1] grid = padded
-    cdef const i64_t[::1] kk = np.array([K], dtype=np.int64)
-    lo, inv_w, lut_arr = build_lut(grid, kk, L)
-    cdef const u16_t[:, ::1] lut = lut_arr
-    cdef const u16_t[:, ::1] guide = _guide_table(lut_arr)
-    cdef f64_t flo = lo[0], finv = inv_w[0], v
+    padded = np.full(K + 2, np.inf)
+    padded[:K] = g
+    if K > 1 and np.any(np.diff(padded[:K]) <= 0):
+        raise DriftError("grid must be strictly increasing")
+    cdef const f64_t[::1] grid = padded
+    base_arr = np.zeros(L + 1, dtype=np.int32)
+    cdef i32_t[::1] base = base_arr
     out = np.zeros(x.shape[0], dtype=np.int64)
     cdef i64_t[::1] o = out
+    keys_arr = np.zeros(K + 2, dtype=np.float32)
+    thr32_arr = np.zeros(L, dtype=np.float32)
+    thr64_arr = np.zeros(L, dtype=np.float64)
+    cdef float[::1] keys = keys_arr, thr32 = thr32_arr
+    cdef f64_t[::1] thr64 = thr64_arr
+    cdef edf_tab32 t32
+    cdef edf_tab64 t64
+    cdef real_t v
+    if real_t is float:
+        edf_build32(&grid[0], K, L, &keys[0], &base[0], &thr32[0], &t32)
+    else:
+        edf_build64(&grid[0], K, L, &base[0], &thr64[0], &t64)
     for i in range(x.shape[0]):
         v = x[i]
         if v != v:
             o[i] = -1
-        elif K == 0 or v < grid[0, 0]:
-            o[i] = 0
-        elif v > grid[0, K - 1]:
-            o[i] = K
+        elif real_t is float:
+            o[i] = edf_bin32(&t32, v)
         else:
-            o[i] = _bin_guided(&grid[0, 0], &guide[0, 0], &lut[0, 0], _cell(v, flo, finv, L), v)
+            o[i] = edf_bin64(&t64, v)
     return out
 
 

@@ -18,37 +18,51 @@ STAT_N_MOMENTS: int
 N_STATS: int
 
 _F64 = npt.NDArray[np.float64]
+_F32 = npt.NDArray[np.float32]
 _I64 = npt.NDArray[np.int64]
 _I32 = npt.NDArray[np.int32]
-_U16 = npt.NDArray[np.uint16]
 
 def kolmogorov_sf(lam: float) -> float: ...
 def ks_pvalue(d: float, n: float, m: float) -> float: ...
 def psi_js_counts(cur: _I64, ref: _I64, eps: float) -> tuple[float, float]: ...
-def build_lut(grid: _F64, k: _I64, L: int) -> tuple[_F64, _F64, _U16]: ...
-def bucketize(g: _F64, x: _F64, L: int = 64) -> _I64: ...
+def bucketize(g: _F64, x: _F64 | _F32, L: int = 64) -> _I64: ...
+def kernel_isa() -> str: ...
 def class_counts(ids: _I64, counts: _I64) -> int: ...
 def bounds_checked() -> bool: ...
 def _probe_index(v: _F64, i: int) -> float: ...
 
+class _Tables:
+    d: int
+    kstride: int
+    grid: _F64
+    k: _I64
+    shift: _F64
+    cells: _I64
+    off: _I32
+    keys32: _F32 | None
+    base32: _I32 | None
+    thr32: _F32 | None
+    par32: _F32 | None
+    base64: _I32 | None
+    thr64: _F64 | None
+    par64: _F64 | None
+    def __init__(self, grid: _F64, k: _I64, shift: _F64, cells: _I64) -> None: ...
+
 class _Core:
     d: int
     kstride: int
-    L: int
     bmax: int
     grid: _F64
     k: _I64
-    lut: _U16
-    lo: _F64
-    inv_w: _F64
-    ref_min: _F64
-    ref_max: _F64
     shift: _F64
     coarse: _I32
     nbins: _I64
     ref_bins: _I64
     ref_lt: _I64
     ref_n: _I64
+    tables: _Tables
+    @property
+    def cells(self) -> _I64: ...
     counts: _I64
     n_nan: _I64
     n_below: _I64
@@ -63,17 +77,13 @@ class _Core:
         self,
         grid: _F64,
         k: _I64,
-        lut: _U16,
-        lo: _F64,
-        inv_w: _F64,
-        ref_min: _F64,
-        ref_max: _F64,
         shift: _F64,
         coarse: _I32,
         nbins: _I64,
         ref_bins: _I64,
         ref_lt: _I64,
         ref_n: _I64,
+        cells: _I64,
     ) -> None: ...
     def reset(self) -> None: ...
     def copy(self) -> _Core: ...

@@ -8,6 +8,8 @@ build, where the same out-of-bounds read is not checked.
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,17 @@ def test_out_of_bounds_raises_only_in_debug_build() -> None:
     else:
         assert not _drift.bounds_checked()
         assert _drift._probe_index(view, 3) == 5.0  # unchecked read of buf[5]
+
+
+def test_kernel_variant_matches_the_cpu() -> None:
+    # One binary for every machine: the AVX2 variant of the fold kernels is picked at load time on
+    # x86-64 CPUs that have AVX2, the baseline one elsewhere; other platforms build one portable
+    # variant (NEON is baseline on arm64).
+    isa = _drift.kernel_isa()
+    assert isa in ("avx2", "default", "portable")
+    if platform.machine() == "x86_64" and sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        flags = Path("/proc/cpuinfo").read_text().split()
+        assert isa == ("avx2" if "avx2" in flags else "default")
 
 
 def test_monitor_runs_on_this_build() -> None:
