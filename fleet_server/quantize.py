@@ -19,7 +19,12 @@ symbolic shape inference when sympy is installed, graph optimisation), then appl
   quantizes MatMul/Gemm; a model with Conv and no MatMul/Gemm is refused with a pointer to static;
 * per-channel static quantization of a Gemm whose bias is shaped ``[1, N]`` fails inside the
   quantizer: such biases are reshaped to ``[N]`` first (same result by Gemm broadcasting). The
-  documented alternative is ``QuantizeBias=False`` (the bias stays float).
+  documented alternative is ``QuantizeBias=False`` (the bias stays float);
+* on x86-64 CPUs without VNNI onnxruntime's uint8 x int8 kernels can saturate (pairs of products
+  clip at int16), which per-channel weights make likely: ``reduce_range`` (7-bit weights) cannot
+  saturate. It stays an explicit option, so the same inputs give the same bundle on every
+  machine; the release gate names it when it refuses a model on such a CPU
+  (``fleet_server.validate.int8_saturation_risk``).
 
 The recipe and what the rules did go into the bundle manifest (``quantization``).
 """

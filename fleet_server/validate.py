@@ -8,7 +8,9 @@ refuses a quantized model whose metric dropped by more than ``max_drop`` points 
 
 from __future__ import annotations
 
+import platform
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,37 @@ from edgeops.runtime import Model, check_input, load_model
 
 DEFAULT_MAX_DROP = 1.0
 LATENCY_BATCHES = (1, 32)
+#: CPU flags (as in /proc/cpuinfo) of the int8 dot-product instructions that do not saturate.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """This CPU's feature flags, or None where /proc/cpuinfo does not list them (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def int8_saturation_risk(machine: str | None = None, flags: Iterable[str] | None = None) -> bool:
+    """Whether onnxruntime's int8 GEMMs can saturate on this CPU, changing the quantized results.
+
+    On x86-64 without VNNI, onnxruntime multiplies uint8 activations by int8 weights with
+    VPMADDUBSW, which adds pairs of products into int16 with saturation: two large activations
+    against two large weights (per-channel scales make each channel's largest weight 127) clip.
+    With VNNI, and on Arm, the sums are exact. A quantized model validated on such a CPU can score
+    lower than on the device it is meant for; 7-bit weights (``--reduce-range``) cannot saturate.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64"):
+        return False
+    present = cpu_flags() if flags is None else frozenset(flags)
+    return present is not None and not (present & VNNI_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -184,7 +217,11 @@ def release_gate(report: ValidationReport, max_drop: float = DEFAULT_MAX_DROP, *
     )
     if force:
         return f"release gate overridden (--force): {why}"
+    saturation = (
+        " (this x86-64 CPU has no VNNI, so its int8 kernels can saturate: try --reduce-range first)"
+        if int8_saturation_risk() else ""
+    )
     raise ValidationGateError(
-        f"{why}; try static quantization with more calibration rows, another --calibrate-method, "
+        f"{why}{saturation}; try static quantization with more calibration rows, another --calibrate-method, "
         "--per-channel, or package the float model (--quantize none); --force packages it anyway"
     )

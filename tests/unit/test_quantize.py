@@ -13,7 +13,14 @@ from edgeops.errors import QuantizationError, ValidationDataError, ValidationGat
 from edgeops.examples import TrainedExample
 from fleet_server.example_models import build_digits_convnet
 from fleet_server.quantize import CalibrateMethod, QuantFormatName, QuantizeOptions, QuantMode, quantize_onnx
-from fleet_server.validate import ValidationReport, ValidationSet, release_gate, validate
+from fleet_server.validate import (
+    ValidationReport,
+    ValidationSet,
+    cpu_flags,
+    int8_saturation_risk,
+    release_gate,
+    validate,
+)
 
 STATIC = QuantMode.STATIC
 
@@ -43,9 +50,13 @@ def test_dynamic_digits_mlp_inside_the_gate(digits: TrainedExample, tmp_path: Pa
 def test_static_per_channel_conv_net_upgrades_opset_and_reshapes_bias(
     conv11: TrainedExample, tmp_path: Path, method: CalibrateMethod
 ) -> None:
-    options = QuantizeOptions(mode=STATIC, per_channel=True, calibrate_method=method)
+    # 7-bit weights: with full-range per-channel weights this net's first conv saturates about 2 % of
+    # its product pairs on an x86-64 CPU without VNNI (CI's machines), costing ~1.3 points there and
+    # nothing here. The accuracy assertion must hold on both kinds of machine.
+    options = QuantizeOptions(mode=STATIC, per_channel=True, calibrate_method=method, reduce_range=True)
     result = quantize_onnx(conv11.model_path, tmp_path / "q.onnx", options, conv11.reference)
     assert result.recipe["opset_upgraded_to"] == 13 and result.recipe["gemm_bias_reshaped"] == ["fc_b"]
+    assert result.recipe["reduce_range"] is True
     assert any("opset upgraded 11 -> 13" in n for n in result.notes)
     model = onnx.load(str(tmp_path / "q.onnx"))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
@@ -124,3 +135,24 @@ def test_latency_is_measured_at_both_batch_sizes(digits: TrainedExample) -> None
     for b in (1, 32):
         assert report.latency_ratio(b) is not None
         assert getattr(report, f"float_latency_ms_b{b}") > 0
+
+
+def test_reduced_range_weights_are_seven_bit(conv11: TrainedExample, tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    options = QuantizeOptions(mode=STATIC, per_channel=True, reduce_range=True)
+    quantize_onnx(conv11.model_path, tmp_path / "q.onnx", options, conv11.reference)
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer]
+    conv_w = next(w for w in weights if w.dtype == np.int8 and w.ndim == 4)
+    assert np.abs(conv_w.astype(np.int32)).max() <= 64  # |w| x 255 x 2 fits in int16: no saturation
+
+
+def test_int8_saturation_risk_is_x86_without_vnni(tmp_path: Path) -> None:
+    assert int8_saturation_risk("x86_64", ["sse2", "avx2", "fma"])
+    assert not int8_saturation_risk("x86_64", ["avx2", "avx512f", "avx512_vnni"])
+    assert not int8_saturation_risk("x86_64", ["avx2", "avx_vnni"])
+    assert not int8_saturation_risk("aarch64", ["fp", "asimd"])
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_flags(cpuinfo) == frozenset({"fpu", "sse2", "avx2"})
+    assert cpu_flags(tmp_path / "missing") is None
