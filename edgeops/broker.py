@@ -116,7 +116,8 @@ class Mosquitto:
     skip (CI) get a clear failure.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, log_file: Path | None = None,
+                 data_dir: Path | None = None) -> None:
         import shutil
 
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -126,6 +127,9 @@ class Mosquitto:
         self.workdir = workdir
         self.port = port or free_port()
         self.log_file = log_file
+        #: With a data directory the broker keeps sessions, subscriptions and queued QoS 1 messages
+        #: across a restart (as a production broker should, see docs/deployment.md).
+        self.data_dir = data_dir
         self._proc: Any = None
 
     def start(self) -> Mosquitto:
@@ -133,7 +137,9 @@ class Mosquitto:
 
         conf = self.workdir / "mosquitto.conf"
         extra = f"log_dest file {self.log_file}\n" if self.log_file else ""
-        conf.write_text(mosquitto_config(self.port) + extra)
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf.write_text(mosquitto_config(self.port, data_dir=self.data_dir) + extra)
         self._proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", self.port, timeout_s=15)

@@ -6,7 +6,6 @@ ends in one line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -16,19 +15,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from edgeops import __version__
 from edgeops.cli_common import (
+    DB_URL_ENV,
     DEFAULT_HOME,
     BrokerOpt,
+    DbOpt,
     FleetOpt,
     HomeOpt,
     JsonOpt,
+    ServerOpt,
+    TokenOpt,
     console,
     err_console,
-    open_home,
+    fleet_client,
+    print_json,
 )
+from edgeops.cli_db import db_app
+from edgeops.cli_devices import devices_app
 from edgeops.cli_keys import keys_app
 from edgeops.cli_model import model_app
 from edgeops.cli_rollout import audit_app, rollout_app
@@ -42,7 +47,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-devices_app = typer.Typer(help="See the devices of a fleet.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
 app.add_typer(model_app, name="model")
 app.add_typer(rollout_app, name="rollout")
@@ -50,6 +54,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(db_app, name="db")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
@@ -62,8 +67,11 @@ def _setup_logging(level: str) -> None:
 @app.callback()
 def _main(
     log_level: Annotated[str, typer.Option("--log-level", envvar="EDGEOPS_LOG_LEVEL")] = "info",
+    db: DbOpt = None,
 ) -> None:
     _setup_logging(log_level)
+    if db:
+        os.environ[DB_URL_ENV] = db  # every subcommand, and the processes they start, use this store
 
 
 def _stop_on_signals() -> threading.Event:
@@ -114,7 +122,18 @@ def server(
     homeassistant: Annotated[bool, typer.Option(
         "--homeassistant/--no-homeassistant", help="Publish Home Assistant MQTT discovery for device telemetry.")
     ] = False,
-    http_port: Annotated[int, typer.Option("--http-port", help="Serve the HTTP API on this port (0 = off).")] = 0,
+    http_port: Annotated[int, typer.Option(
+        "--http-port", help="Serve the HTTP API, dashboard and /metrics on this port (0 = off).")] = 0,
+    http_host: Annotated[str, typer.Option(
+        "--http-host", help="Address the HTTP API listens on (0.0.0.0 to reach it from other machines).")
+    ] = "127.0.0.1",
+    metrics_max_devices: Annotated[int, typer.Option(
+        "--metrics-max-devices", min=0,
+        help="Devices with their own series in /metrics; the rest are summed into device=\"_other\".")] = 100,
+    db: DbOpt = None,
+    retention_days: Annotated[float, typer.Option(
+        "--retention-days", envvar="EDGEOPS_RETENTION_DAYS",
+        help="Delete telemetry, drift and events older than this many days (0 = keep everything).")] = 30.0,
 ) -> None:
     """Run the fleet server: ingest device reports, publish desired versions and bundles."""
     from edgeops.transport import BrokerAddress
@@ -122,7 +141,9 @@ def server(
     from fleet_server.server import FleetServer
 
     config = ServerConfig(home=home, broker=BrokerAddress.parse(broker), fleet=fleet,
-                          homeassistant_discovery=homeassistant, http_port=http_port)
+                          homeassistant_discovery=homeassistant, http_port=http_port, http_host=http_host,
+                          metrics_max_devices=metrics_max_devices, database_url=db or "",
+                          retention_days=retention_days or None)
     FleetServer(config).run(_stop_on_signals())
 
 
@@ -248,91 +269,23 @@ def simulate(
     Simulator(device_configs(template, devices, prefix, data_root)).run(_stop_on_signals())
 
 
-def _parse_model_ref(text: str) -> tuple[str, str]:
-    name, sep, version = text.partition(":")
-    if not sep or not name or not version:
-        raise ConfigError(f"expected NAME:VERSION, got {text!r}")
-    return name, version
-
-
 @app.command()
 def deploy(
     model: Annotated[str, typer.Argument(help="NAME:VERSION of a model in the registry.")],
-    devices: Annotated[str, typer.Option(help="'all' or comma-separated device ids.")] = "all",
+    devices: Annotated[str, typer.Option(help="'all', or comma-separated device ids and tag:NAME terms.")] = "all",
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     home: HomeOpt = DEFAULT_HOME,
     fleet: FleetOpt = "default",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Set the desired version of devices; the running server publishes it."""
-    from edgeops.protocol import check_id
-    from fleet_server.store import ALL_DEVICES
-
-    name, version = _parse_model_ref(model)
-    store, _ = open_home(home)
-    row = store.model(name, version)
-    if devices != ALL_DEVICES:
-        ids = [d.strip() for d in devices.split(",") if d.strip()]
-        if not ids:
-            raise ConfigError("--devices needs 'all' or at least one device id")
-        for device_id in ids:
-            try:
-                check_id(device_id, "device id")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-        known = {d.device_id for d in store.devices(fleet)}
-        unknown = [d for d in ids if d not in known]
-        if unknown:
-            from edgeops.errors import NotFoundError
-
-            raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
-        devices = ",".join(sorted(set(ids)))
-    deployment = store.add_deployment(fleet, row.digest, devices)
-    console.print(f"deployment {deployment.id}: {row.label} -> {devices} (fleet {fleet})")
-
-
-def _age(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    import time
-
-    seconds = max(0.0, time.time() - ms / 1000)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
-
-
-def devices_table(rows: list[Any]) -> Table:
-    show_errors = any(d.last_error for d in rows)
-    table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry")
-    table.columns[0].no_wrap = table.columns[2].no_wrap = True
-    if show_errors:
-        table.add_column("last error", overflow="fold")
-    for d in rows:
-        t = d.last_telemetry or {}
-        p95 = t.get("latency_ms_p95")
-        drift = t.get("drift_score")
-        cells = [
-            d.device_id,
-            "[green]online[/]" if d.online else "[red]offline[/]",
-            d.active_label or "-",
-            d.phase or "-",
-            str(t.get("inferences", "-")),
-            f"{p95:.3f}" if p95 is not None else "-",
-            f"{drift:.3f}" if drift is not None else "-",
-            _age(d.last_telemetry_ms),
-        ]
-        if show_errors:
-            cells.append((d.last_error or "")[:120])
-        table.add_row(*cells)
-    return table
-
-
-@devices_app.command("list")
-def devices_list(home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", as_json: JsonOpt = False) -> None:
-    """Every device with its running version, online state and last telemetry."""
-    store, _ = open_home(home)
-    rows = store.devices(fleet)
+    """Set the desired version of devices at once (no stages, no gates); the running server publishes it."""
+    dep = fleet_client(home, fleet, server, token).deploy(model, devices, reason)
     if as_json:
-        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
-        return
-    console.print(devices_table(rows))
+        print_json(dep)
+    else:
+        console.print(f"deployment {dep['id']}: {dep['model']} -> {dep['devices']} (fleet {fleet})")
 
 
 @app.command()
@@ -340,12 +293,25 @@ def demo(
     devices: Annotated[int, typer.Option(help="Number of simulated devices.")] = 5,
     workdir: Annotated[Path, typer.Option(help="Scratch directory (wiped first).")] = Path(".demo"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the fleet to converge.")] = 120.0,
+    exit_after_converge: Annotated[bool, typer.Option(
+        "--exit-after-converge", help="Stop once the fleet converged instead of serving the dashboard.")] = False,
+    duration: Annotated[float | None, typer.Option(
+        help="After converging, serve this many seconds, then stop (default: until Ctrl-C).", min=0)] = None,
+    http_port: Annotated[int, typer.Option(
+        "--http-port", help="Port of the HTTP API and dashboard (0 = a free port).", min=0)] = 0,
 ) -> None:
-    """Broker, server and simulated devices on this machine: train, package, deploy, watch, stop."""
+    """Broker, server, dashboard and simulated devices on this machine: train, package, deploy, watch.
+
+    Prints the dashboard's URL and a sign-in link, then keeps serving until Ctrl-C (or SIGTERM).
+    """
     from edgeops.demo import run_demo
 
-    if not run_demo(devices=devices, workdir=workdir, timeout_s=timeout, console=console):
-        raise typer.Exit(1)
+    stop = _stop_on_signals()
+    serve_s = 0.0 if exit_after_converge else duration
+    converged = run_demo(devices=devices, workdir=workdir, timeout_s=timeout, console=console, serve_s=serve_s,
+                         stop=stop, http_port=http_port)
+    if not converged:
+        raise typer.Exit(130 if stop.is_set() else 1)
 
 
 def main() -> None:

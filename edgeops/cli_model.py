@@ -12,8 +12,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeops.cli_common import DEFAULT_HOME, HomeOpt, JsonOpt, console, open_home
+from edgeops.cli_common import DEFAULT_HOME, HomeOpt, JsonOpt, console, open_home, print_json
 from edgeops.errors import ConfigError
+from edgeops.manifest import parse_model_ref
 
 model_app = typer.Typer(help="Import, quantize, validate, package and list model versions.", no_args_is_help=True)
 
@@ -30,13 +31,6 @@ def _load_reference(path: Path | None, what: str = "reference") -> Any:
             return data["X"]
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {what} data {path}: {exc}") from exc
-
-
-def _parse_ref(text: str) -> tuple[str, str]:
-    name, sep, version = text.partition(":")
-    if not sep or not name or not version:
-        raise ConfigError(f"expected NAME:VERSION, got {text!r}")
-    return name, version
 
 
 def _signing_key(home: Path, sign: bool) -> Any:
@@ -64,15 +58,17 @@ PerChannelOpt = Annotated[bool, typer.Option("--per-channel", help="One scale pe
 MethodOpt = Annotated[str, typer.Option("--calibrate-method", help="minmax | entropy | percentile (static).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="qdq (default) | qoperator (needs uint8 activations).")]
 ActOpt = Annotated[str, typer.Option("--activation-type", help="int8 (default) | uint8 (static).")]
+ReduceRangeOpt = Annotated[bool, typer.Option(
+    "--reduce-range", help="7-bit weights: no int8 saturation on x86 CPUs without VNNI (see docs/models.md).")]
 
 
-def _options(quantize: str, per_channel: bool, method: str, fmt: str, activation: str) -> Any:
+def _options(quantize: str, per_channel: bool, method: str, fmt: str, activation: str, reduce_range: bool) -> Any:
     from fleet_server.quantize import CalibrateMethod, QuantFormatName, QuantizeOptions, QuantMode
 
     try:
         return QuantizeOptions(
             mode=QuantMode(quantize), per_channel=per_channel, calibrate_method=CalibrateMethod(method),
-            quant_format=QuantFormatName(fmt), activation_type=activation,
+            quant_format=QuantFormatName(fmt), activation_type=activation, reduce_range=reduce_range,
         )
     except ValueError as exc:
         raise ConfigError(f"invalid quantization option: {exc}") from None
@@ -98,6 +94,7 @@ def model_add(
     calibrate_method: MethodOpt = "minmax",
     quant_format: FormatOpt = "qdq",
     activation_type: ActOpt = "int8",
+    reduce_range: ReduceRangeOpt = False,
     max_accuracy_drop: Annotated[float, typer.Option(help="Release gate: largest metric drop in points.")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Package even if the release gate fails.")] = False,
     sign: Annotated[bool, typer.Option("--sign/--no-sign", help="Sign with the home's active key.")] = True,
@@ -109,7 +106,7 @@ def model_add(
 
     if not model_path.is_file():
         raise ConfigError(f"no model file at {model_path}")
-    options = _options(quantize, per_channel, calibrate_method, quant_format, activation_type)
+    options = _options(quantize, per_channel, calibrate_method, quant_format, activation_type, reduce_range)
     ref = _load_reference(reference)
     calib = _load_reference(calibration, "calibration")
     val = load_validation_set(validation) if validation is not None else None
@@ -156,7 +153,9 @@ def model_list(home: HomeOpt = DEFAULT_HOME, as_json: JsonOpt = False) -> None:
     store, _ = open_home(home)
     rows = store.models()
     if as_json:
-        sys.stdout.write(json.dumps([r.__dict__ for r in rows], indent=2) + "\n")
+        from fleet_server.operations import model_view
+
+        print_json([{**model_view(r), "recipe": json.loads(r.recipe_json) if r.recipe_json else None} for r in rows])
         return
     table = Table("model", "version", "digest", "runtime", "size", "created", "by", "parent", "quantized", "signed by")
     for r in rows:
@@ -169,7 +168,7 @@ def model_list(home: HomeOpt = DEFAULT_HOME, as_json: JsonOpt = False) -> None:
 def _manifest(store: Any, ref: str) -> Any:
     from edgeops.manifest import Manifest
 
-    name, version = _parse_ref(ref)
+    name, version = parse_model_ref(ref)
     return Manifest.decode(store.manifest_json(name, version))
 
 
@@ -215,7 +214,7 @@ def model_show(
 ) -> None:
     """Everything the manifest says about one version, and its lineage."""
     store, _ = open_home(home)
-    name, version = _parse_ref(model)
+    name, version = parse_model_ref(model)
     row = store.model(name, version)
     if as_json:
         sys.stdout.write(store.manifest_json(name, version) + "\n")
@@ -233,11 +232,16 @@ def model_diff(
     a: Annotated[str, typer.Argument(help="NAME:VERSION (old)")],
     b: Annotated[str, typer.Argument(help="NAME:VERSION (new)")],
     home: HomeOpt = DEFAULT_HOME,
+    as_json: JsonOpt = False,
 ) -> None:
     """Compare two versions field by field; changed fields are marked."""
     store, _ = open_home(home)
-    ra, rb = store.model(*_parse_ref(a)), store.model(*_parse_ref(b))
+    ra, rb = store.model(*parse_model_ref(a)), store.model(*parse_model_ref(b))
     sa, sb = _summary(ra, _manifest(store, a)), _summary(rb, _manifest(store, b))
+    if as_json:
+        print_json([{"field": key, "a": sa.get(key), "b": sb.get(key), "changed": sa.get(key) != sb.get(key)}
+                    for key in dict.fromkeys([*sa, *sb])])
+        return
     table = Table("field", ra.label, rb.label, "")
     for key in list(dict.fromkeys([*sa, *sb])):
         va, vb = sa.get(key, "-"), sb.get(key, "-")
@@ -282,13 +286,14 @@ def model_quantize(
     calibrate_method: MethodOpt = "minmax",
     quant_format: FormatOpt = "qdq",
     activation_type: ActOpt = "int8",
+    reduce_range: ReduceRangeOpt = False,
 ) -> None:
     """Quantize an ONNX model to a file (without packaging it); prints the validation table if asked."""
     from fleet_server.model_import import inspect_model
     from fleet_server.quantize import quantize_onnx
     from fleet_server.validate import load_validation_set, validate
 
-    options = _options(quantize, per_channel, calibrate_method, quant_format, activation_type)
+    options = _options(quantize, per_channel, calibrate_method, quant_format, activation_type, reduce_range)
     inspect_model(model_path)
     calib = _load_reference(calibration, "calibration")
     with console.status(f"quantizing {model_path.name}"):
@@ -327,7 +332,7 @@ def model_export(
     import shutil
 
     store, registry = open_home(home)
-    row = store.model(*_parse_ref(model))
+    row = store.model(*parse_model_ref(model))
     registry.open(row.digest)
     shutil.copyfile(registry.path_for(row.digest), out)
     console.print(f"wrote {out}: {row.label}, digest {row.digest[:12]}")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from typing import Annotated, Any
 
@@ -12,27 +9,30 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from edgeops.cli_common import DEFAULT_HOME, FleetOpt, HomeOpt, JsonOpt, console, open_home
+from edgeops.cli_common import (
+    DEFAULT_HOME,
+    FleetOpt,
+    HomeOpt,
+    JsonOpt,
+    ServerOpt,
+    TokenOpt,
+    console,
+    fleet_client,
+    print_json,
+)
 from edgeops.errors import ConfigError
 
+#: Rollout states after which nothing changes (fleet_server.rollout.TERMINAL, by value: the CLI
+#: may talk to a remote server without the server package installed).
+TERMINAL_STATES = frozenset({"succeeded", "failed", "rolled_back", "aborted"})
+
 rollout_app = typer.Typer(help="Staged rollouts: canary, waves, health gates, rollback.", no_args_is_help=True)
-
-
-def _actor() -> str:
-    return os.environ.get("EDGEOPS_ACTOR") or os.environ.get("USER") or "cli"
-
-
-def _service(home: Any, fleet: str) -> Any:
-    from fleet_server.rollout_driver import RolloutService
-
-    store, _ = open_home(home)
-    return RolloutService(store, fleet)
 
 
 @rollout_app.command("start")
 def rollout_start(
     model: Annotated[str, typer.Argument(help="NAME:VERSION to roll out.")],
-    devices: Annotated[str, typer.Option(help="'all' or comma-separated device ids.")] = "all",
+    devices: Annotated[str, typer.Option(help="'all', or comma-separated device ids and tag:NAME terms.")] = "all",
     stages: Annotated[str, typer.Option(help="Cumulative stages: [NAME:]COUNT or [NAME:]PERCENT%.")] = (
         "canary:1,10%,50%,100%"),
     policy: Annotated[str, typer.Option(help="On a failing gate: rollback or pause.")] = "rollback",
@@ -47,45 +47,24 @@ def rollout_start(
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     home: HomeOpt = DEFAULT_HOME,
     fleet: FleetOpt = "default",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start a staged rollout of a model version; the running server drives it."""
-    from fleet_server.rollout import Gates
-
-    name, sep, version = model.partition(":")
-    if not sep:
-        raise ConfigError(f"expected NAME:VERSION, got {model!r}")
-    service = _service(home, fleet)
-    row = service.store.model(name, version)
-    if devices != "all":
-        known = {d.device_id for d in service.store.devices(fleet)}
-        unknown = sorted(set(devices.split(",")) - known)
-        if unknown:
-            from edgeops.errors import NotFoundError
-
-            raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
-    gates = Gates(max_error_rate=max_error_rate, max_latency_ratio=max_latency_ratio, max_drift_score=max_drift,
-                  max_failed_share=max_failed_share, soak_s=soak, silence_timeout_s=silence_timeout)
-    rollout = service.start_new(row.digest, devices, stages, gates, policy=policy, max_concurrent=max_concurrent,
-                                approval=approval, actor=_actor(), reason=reason)
-    console.print(f"rollout {rollout.id}: {row.label} to {devices}, stages "
-                  + ", ".join(s.name for s in rollout.stages) + f", on failure {rollout.policy.value}")
-
-
-def _summary(service: Any, rollout: Any) -> dict[str, Any]:
-    devices = service.selected(rollout)
-    obs = service.observations(rollout, list(rollout.assigned))
-    committed = [d for d, o in obs.items() if o.active_digest == rollout.target_digest and o.phase == "committed"]
-    stages = []
-    for i, stage in enumerate(rollout.stages):
-        members = [d for d, s in rollout.assigned.items() if s == i]
-        stages.append({"name": stage.name, "devices": len(members),
-                       "committed": len([d for d in members if d in committed]),
-                       "status": "done" if i < rollout.stage_index or rollout.state.value == "succeeded"
-                       else ("current" if i == rollout.stage_index else "pending")})
-    return {"id": rollout.id, "state": rollout.state.value, "target": rollout.target_digest,
-            "stage": rollout.stages[rollout.stage_index].name, "selected": len(devices),
-            "assigned": len(rollout.assigned), "committed": len(committed), "reason": rollout.reason,
-            "stages": stages}
+    if policy not in ("rollback", "pause"):
+        raise ConfigError(f"--policy must be rollback or pause, got {policy!r}")
+    request = {"model": model, "devices": devices, "stages": stages, "policy": policy, "soak_s": soak,
+               "max_error_rate": max_error_rate, "max_latency_ratio": max_latency_ratio, "max_drift": max_drift,
+               "max_failed_share": max_failed_share, "silence_timeout_s": silence_timeout,
+               "max_concurrent": max_concurrent, "approval": approval, "reason": reason}
+    summary = fleet_client(home, fleet, server, token).start_rollout(request)
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"rollout {summary['id']}: {summary['target'] or summary['target_digest'][:12]} to "
+                  f"{summary['selector']}, stages " + ", ".join(s["name"] for s in summary["stages"])
+                  + f", on failure {summary['policy']}")
 
 
 def _table(summary: dict[str, Any]) -> Table:
@@ -98,29 +77,27 @@ def _table(summary: dict[str, Any]) -> Table:
 
 @rollout_app.command("status")
 def rollout_status(rollout_id: str, home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default",
-                   as_json: JsonOpt = False) -> None:
+                   server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """One rollout: state, stages, devices assigned and committed, the last reason."""
-    service = _service(home, fleet)
-    summary = _summary(service, service.get(rollout_id))
+    summary = fleet_client(home, fleet, server, token).rollout(rollout_id)
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        print_json(summary)
     else:
         console.print(_table(summary))
 
 
 @rollout_app.command("watch")
 def rollout_watch(rollout_id: str, home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default",
+                  server: ServerOpt = None, token: TokenOpt = None,
                   interval: Annotated[float, typer.Option(help="Refresh seconds.")] = 1.0) -> None:
     """Live progress per stage until the rollout ends (Ctrl-C to stop watching)."""
-    from fleet_server.rollout import TERMINAL
-
-    service = _service(home, fleet)
+    client = fleet_client(home, fleet, server, token)
     try:
         with Live(console=console, refresh_per_second=4) as live:
             while True:
-                rollout = service.get(rollout_id)
-                live.update(_table(_summary(service, rollout)))
-                if rollout.state in TERMINAL:
+                summary = client.rollout(rollout_id)
+                live.update(_table(summary))
+                if summary["state"] in TERMINAL_STATES:
                     break
                 time.sleep(interval)
     except KeyboardInterrupt:
@@ -128,31 +105,29 @@ def rollout_watch(rollout_id: str, home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt
 
 
 @rollout_app.command("list")
-def rollout_list(home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", as_json: JsonOpt = False) -> None:
+def rollout_list(home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", server: ServerOpt = None,
+                 token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Every rollout of the fleet."""
-    service = _service(home, fleet)
-    summaries = [_summary(service, r) for r in service.all_rollouts()]
+    summaries = fleet_client(home, fleet, server, token).rollouts()
     if as_json:
-        sys.stdout.write(json.dumps(summaries, indent=2) + "\n")
+        print_json(summaries)
         return
-    table = Table("id", "state", "stage", "assigned", "committed", "reason")
+    table = Table("id", "target", "state", "stage", "assigned", "committed", "reason")
     for s in summaries:
-        table.add_row(s["id"], s["state"], s["stage"], f"{s['assigned']}/{s['selected']}", str(s["committed"]),
-                      s["reason"][:80])
+        table.add_row(s["id"], s["target"] or s["target_digest"][:12], s["state"], s["stage"],
+                      f"{s['assigned']}/{s['selected']}", str(s["committed"]), s["reason"][:80])
     console.print(table)
 
 
 def _command(verb: str) -> Any:
     def run(rollout_id: str, home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default",
-            reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "") -> None:
-        from fleet_server import rollout as logic
-
-        commands = {"pause": lambda r: logic.pause(r, reason or "paused by operator"), "resume": logic.resume,
-                    "approve": logic.approve, "abort": logic.abort,
-                    "rollback": lambda r: logic.operator_rollback(r, reason or "rolled back by operator")}
-        service = _service(home, fleet)
-        rollout = service.apply_command(rollout_id, commands[verb], _actor(), f"rollout_{verb}")
-        console.print(f"rollout {rollout.id}: {rollout.state.value}")
+            reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
+            server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        summary = fleet_client(home, fleet, server, token).command(rollout_id, verb, reason)
+        if as_json:
+            print_json(summary)
+        else:
+            console.print(f"rollout {summary['id']}: {summary['state']}")
 
     run.__doc__ = f"{verb.capitalize()} a rollout."
     return run
@@ -167,12 +142,11 @@ audit_app = typer.Typer(help="The audit log of mutating actions and rollout deci
 
 @audit_app.command("list")
 def audit_list(home: HomeOpt = DEFAULT_HOME, limit: int = 50, target: str | None = None,
-               as_json: JsonOpt = False) -> None:
+               server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Who did what, when, and why (newest first)."""
-    store, _ = open_home(home)
-    rows = store.audit_log(limit, target)
+    rows = fleet_client(home, "default", server, token).audit(limit, target)
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        print_json(rows)
         return
     table = Table("when", "actor", "action", "target", "reason")
     for r in rows:

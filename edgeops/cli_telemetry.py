@@ -1,6 +1,10 @@
-"""``edgeops telemetry watch``: the latest telemetry window of every device, live, straight from MQTT.
+"""``edgeops telemetry watch`` and ``telemetry tail``: device telemetry in the terminal.
 
-No fleet server is involved: the watcher subscribes to the devices' telemetry topics itself, so it
+``watch`` shows the latest window of every device, live, straight from MQTT; ``tail`` prints one
+device's stored windows (from the store or a server's HTTP API) and, with ``--follow``, new ones
+as the server ingests them.
+
+For ``watch`` no fleet server is involved: the watcher subscribes to the devices' telemetry topics itself, so it
 works against any broker the agents publish to. What it received is kept in a :class:`Board`
 (pure: topic and payload in, state out) and drawn by :func:`telemetry_rows` and
 :func:`render_board`, so the logic is testable without a broker or a terminal.
@@ -26,7 +30,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edgeops.cli_common import BrokerOpt, FleetOpt, console
+from edgeops.cli_common import (
+    DEFAULT_HOME,
+    BrokerOpt,
+    FleetOpt,
+    HomeOpt,
+    ServerOpt,
+    TokenOpt,
+    console,
+    fleet_client,
+)
 from edgeops.errors import BrokerUnavailableError, EdgeOpsError, ProtocolError
 from edgeops.protocol import (
     DeviceChannel,
@@ -39,7 +52,7 @@ from edgeops.protocol import (
 )
 from edgeops.transport import BrokerAddress, Inbound, MqttTransport
 
-telemetry_app = typer.Typer(help="Watch device telemetry straight from the MQTT broker.", no_args_is_help=True)
+telemetry_app = typer.Typer(help="Device telemetry: live from MQTT (watch) or stored (tail).", no_args_is_help=True)
 
 COLUMNS = ("device", "model", "inferences", "errors", "p50 ms", "p95 ms", "drift", "cpu %", "rss MiB", "age")
 #: How often the live table is redrawn (the age column moves even when nothing arrives).
@@ -264,3 +277,73 @@ def _watch_live(transport: MqttTransport, board: Board, address: BrokerAddress, 
         while not stop.is_set():
             _drain(transport, board, REFRESH_S)
             live.update(frame(), refresh=True)
+
+
+TAIL_COLUMNS = ("time", "window", "model", "inferences", "errors", "p50 ms", "p95 ms", "p99 ms", "drift", "cpu %",
+                "rss MiB")
+
+
+def tail_row(window: Mapping[str, Any]) -> tuple[str, ...]:
+    """One stored window as a ``telemetry tail`` row (pure: JSON in, strings out)."""
+    ts = window.get("ts")
+    when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) if isinstance(ts, int) else "-"
+    model = window.get("model")
+    return (when, str(window.get("window_id", "-")),
+            f"{model}:{window.get('model_version')}" if model else "-",
+            str(window.get("inferences", "-")), str(window.get("errors", "-")),
+            _number(window.get("latency_ms_p50"), 3), _number(window.get("latency_ms_p95"), 3),
+            _number(window.get("latency_ms_p99"), 3), _number(window.get("drift_score"), 3),
+            _number(window.get("cpu_percent"), 1), _number(window.get("rss_mb"), 1))
+
+
+def new_windows(windows: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+    """Windows (newest first, as stored) not printed yet, oldest first; marks them seen."""
+    fresh = [w for w in reversed(windows) if w.get("window_id") not in seen]
+    seen.update(str(w.get("window_id")) for w in fresh)
+    return fresh
+
+
+@telemetry_app.command("tail")
+def tail(
+    device_id: Annotated[str, typer.Argument(help="The device's id.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="Windows to show first.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new windows (Ctrl-C to stop).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
+    home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", server: ServerOpt = None, token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON window per line (JSON Lines).")] = False,
+) -> None:
+    """A device's stored telemetry windows, oldest first; --follow prints new ones as they arrive."""
+    import json
+    import sys
+
+    client = fleet_client(home, fleet, server, token)
+    seen: set[str] = set()
+
+    def emit(windows: list[dict[str, Any]]) -> None:
+        if as_json:
+            for w in windows:
+                sys.stdout.write(json.dumps(w, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            return
+        table = Table(*TAIL_COLUMNS, show_header=not seen_header, box=None, pad_edge=False)
+        for w in windows:
+            table.add_row(*tail_row(w))
+        if windows or not seen_header:
+            console.print(table)
+
+    seen_header = False
+    windows = new_windows(client.telemetry(device_id, limit=limit), seen)
+    emit(windows)
+    seen_header = True
+    if not follow:
+        return
+    since = max((int(w["ts"]) for w in windows), default=0)
+    stop = _stop_on_signals()
+    while not stop.wait(interval):
+        fetched = client.telemetry(device_id, since_ms=since, limit=1000)
+        fresh = new_windows(fetched, seen)
+        if fresh:
+            emit(fresh)
+            since = max(since, *(int(w["ts"]) for w in fresh))
+            # Only windows at the newest instant can come back in the next poll: forget the rest.
+            seen = {str(w.get("window_id")) for w in fetched if int(w["ts"]) >= since}

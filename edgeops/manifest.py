@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from edgeops.errors import ChecksumError, ManifestError
+from edgeops.errors import ChecksumError, ConfigError, ManifestError
 from edgeops.protocol import ID_PATTERN, BundleRef
 from edgeops.schema import MaxLen, Message, Pattern, Range, Record, canonical_json
 
@@ -143,6 +143,14 @@ class Manifest(Message):
                 raise ManifestError(f"chunks of {entry.path} cover {offset} of {entry.size} bytes")
         if expected_index != len(self.chunks):
             raise ManifestError("manifest lists chunks of files it does not name")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str]:
+    """``NAME:VERSION`` (how users name a model version everywhere) -> (name, version); ConfigError otherwise."""
+    name, sep, version = ref.partition(":")
+    if not sep or not name or not version:
+        raise ConfigError(f"expected NAME:VERSION, got {ref!r}")
+    return name, version
 
 
 def digest_of(manifest_bytes: bytes) -> str:

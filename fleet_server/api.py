@@ -11,6 +11,8 @@ token, 404 for an unknown model, version, device or rollout, 422 for a malformed
 command the rollout's state does not allow, with the ``code`` of the EdgeOps error behind it.
 
 The server process runs the API in a background thread (:class:`HttpApi`) when ``http_port`` is set.
+The same app serves the web dashboard (``/dashboard``, signed in with a token), its event stream
+(``/api/v1/stream``) and Prometheus ``/metrics``: see :mod:`fleet_server.dashboard.routes`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,14 +40,16 @@ from edgeops import __version__
 from edgeops.errors import ConfigError, EdgeOpsError, NotFoundError
 from edgeops.protocol import check_id
 from fleet_server import rollout as logic
-from fleet_server.rollout_driver import RolloutService
-from fleet_server.store import DeviceRow, ModelRow, Store
+from fleet_server.dashboard.routes import WebOptions
+from fleet_server.dashboard.routes import install as install_dashboard
+from fleet_server.live import LiveBus
+from fleet_server.metrics import IngestCounters
+from fleet_server.operations import FleetOperations, InvalidRequestError, model_view
+from fleet_server.store import TAG_PREFIX, Store, check_tag
 from fleet_server.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
-#: Events returned with one device.
-DEVICE_EVENTS = 20
 MODEL_REF = r"^[^:\s]+:[^\s]+$"
 
 
@@ -76,11 +79,6 @@ class ModelOut(BaseModel):
     created_by: str
     signed_by: str | None = Field(description="Key id of the bundle signature; null when unsigned.")
 
-    @classmethod
-    def of(cls, row: ModelRow) -> ModelOut:
-        return cls(name=row.name, version=row.version, label=row.label, digest=row.digest, runtime=row.runtime,
-                   size_bytes=row.size_bytes, created_at=row.created_at, parent_version=row.parent_version,
-                   parent_digest=row.parent_digest, created_by=row.created_by, signed_by=row.signed_by)
 
 
 class ModelDetailOut(ModelOut):
@@ -97,15 +95,9 @@ class DeviceOut(BaseModel):
     active_digest: str | None
     phase: str | None = Field(description="Update phase the device reports (idle, fetching, ..., committed).")
     last_error: str | None
+    tags: list[str] = Field(description="Operator-given labels; `tag:NAME` in a selector picks devices by tag.")
     last_telemetry_ms: int | None
     last_telemetry: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, row: DeviceRow) -> DeviceOut:
-        return cls(device_id=row.device_id, online=row.online, agent_version=row.agent_version,
-                   first_seen_ms=row.first_seen_ms, last_seen_ms=row.last_seen_ms, running=row.active_label,
-                   active_digest=row.active_digest, phase=row.phase, last_error=row.last_error,
-                   last_telemetry_ms=row.last_telemetry_ms, last_telemetry=row.last_telemetry)
 
 
 class DesiredOut(BaseModel):
@@ -123,7 +115,8 @@ class DeviceDetailOut(DeviceOut):
 class _Targets(BaseModel):
     """Which devices a deployment or rollout is for."""
 
-    devices: Literal["all"] | list[str] = Field("all", description="'all' or a list of device ids.")
+    devices: Literal["all"] | list[str] = Field(
+        "all", description="'all' or a list of device ids and `tag:NAME` terms (a device matches any term).")
 
     @field_validator("devices")
     @classmethod
@@ -131,10 +124,25 @@ class _Targets(BaseModel):
         if isinstance(value, str):
             return value
         if not value:
-            raise ValueError("devices needs 'all' or at least one device id")
-        for device_id in value:
-            check_id(device_id, "device id")
+            raise ValueError("devices needs 'all' or at least one device id or tag:NAME")
+        for term in value:
+            if term.startswith(TAG_PREFIX):
+                check_tag(term[len(TAG_PREFIX):])
+            else:
+                check_id(term, "device id")
         return sorted(set(value))
+
+
+class TagsIn(BaseModel):
+    add: list[str] = Field(default_factory=list, description="Tags to add.", examples=[["pilot", "line-2"]])
+    remove: list[str] = Field(default_factory=list, description="Tags to remove.")
+
+    @field_validator("add", "remove")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            check_tag(tag)
+        return value
 
 
 class DeploymentIn(_Targets):
@@ -217,56 +225,10 @@ class AuditOut(BaseModel):
 # --- helpers shared by the routes ---------------------------------------------------------------
 
 
-def rollout_view(service: RolloutService, rollout: logic.Rollout) -> RolloutOut:
-    """A rollout with per-stage progress (the API's counterpart of ``edgeops rollout status``)."""
-    obs = service.observations(rollout, list(rollout.assigned))
-    committed = {d for d, o in obs.items() if o.active_digest == rollout.target_digest and o.phase == "committed"}
-    stages = []
-    for i, stage in enumerate(rollout.stages):
-        members = [d for d, s in rollout.assigned.items() if s == i]
-        status: Literal["done", "current", "pending"] = (
-            "done" if i < rollout.stage_index or rollout.state is logic.RolloutState.SUCCEEDED
-            else "current" if i == rollout.stage_index else "pending")
-        stages.append(StageOut(name=stage.name, percent=stage.percent, count=stage.count, approval=stage.approval,
-                               devices=len(members), committed=len(committed.intersection(members)),
-                               status=status))
-    try:
-        target: str | None = service.store.model_by_digest(rollout.target_digest).label
-    except NotFoundError:
-        target = None
-    return RolloutOut(id=rollout.id, state=rollout.state.value, target_digest=rollout.target_digest, target=target,
-                      selector=rollout.selector, policy=rollout.policy.value,
-                      stage=rollout.stages[rollout.stage_index].name, stage_index=rollout.stage_index,
-                      selected=len(service.selected(rollout)), assigned=len(rollout.assigned),
-                      committed=len(committed), reason=rollout.reason, stages=stages)
-
-
-def _known_devices(store: Store, fleet: str, devices: list[str] | str) -> str:
-    """The selector for ``devices``; NotFoundError naming the ids the fleet has never seen."""
-    if isinstance(devices, str):
-        return devices
-    known = {d.device_id for d in store.devices(fleet)}
-    unknown = [d for d in devices if d not in known]
-    if unknown:
-        raise NotFoundError(f"unknown device(s) in fleet {fleet!r}: {', '.join(unknown)}")
-    return ",".join(devices)
-
-
-def _model(store: Store, ref: str) -> ModelRow:
-    name, _, version = ref.partition(":")
-    return store.model(name, version)
-
-
 def _error(status: int, code: str, message: str, details: list[Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorOut(error=ErrorBody(code=code, message=message, details=details))
     return JSONResponse(jsonable_encoder(body, exclude_none=True), status_code=status, headers=headers)
-
-
-class _InvalidRequest(EdgeOpsError):
-    """A request that passed the schema but not the rules behind it (e.g. a stage spec)."""
-
-    code = "invalid_request"
 
 
 # --- the application ----------------------------------------------------------------------------
@@ -287,11 +249,18 @@ def authenticate(request: Request,
 Actor = Annotated[str, Depends(authenticate)]
 
 
-def create_app(home: Path, fleet: str) -> FastAPI:
-    """The API over the store in ``home`` for one fleet."""
-    store = Store(home / "edgeops.db")
+def create_app(home: Path, fleet: str, database: Path | str | None = None, *, live: LiveBus | None = None,
+               counters: IngestCounters | None = None, web: WebOptions | None = None) -> FastAPI:
+    """The API over one fleet of the store at ``database`` (default: the SQLite file in ``home``).
+
+    Tokens stay in ``home``'s SQLite file whatever the store: they are the server's own secrets,
+    not fleet data to share across servers. The dashboard (``/dashboard``), its event stream and
+    ``/metrics`` come along (fleet_server/dashboard); ``live`` and ``counters`` are the server
+    process's own, so the stream relays and the metrics count what this process ingests.
+    """
+    store = Store(database or home / "edgeops.db")
     tokens = Tokens(home / "edgeops.db")
-    service = RolloutService(store, fleet)
+    ops = FleetOperations(store, fleet)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -314,7 +283,7 @@ def create_app(home: Path, fleet: str) -> FastAPI:
             return _error(401, exc.code, str(exc), headers={"WWW-Authenticate": "Bearer"})
         if isinstance(exc, NotFoundError):
             return _error(404, exc.code, str(exc))
-        if isinstance(exc, _InvalidRequest):
+        if isinstance(exc, InvalidRequestError):
             return _error(422, exc.code, str(exc))
         if isinstance(exc, ConfigError):
             return _error(409, exc.code, str(exc))
@@ -337,31 +306,31 @@ def create_app(home: Path, fleet: str) -> FastAPI:
     @app.get(f"{PREFIX}/models", tags=["models"], responses=errors)
     def list_models(actor: Actor) -> list[ModelOut]:
         """Every model version in the registry."""
-        return [ModelOut.of(m) for m in store.models()]
+        return [ModelOut(**m) for m in ops.models()]
 
     @app.get(f"{PREFIX}/models/{{name}}/{{version}}", tags=["models"], responses=errors)
     def get_model(name: str, version: str, actor: Actor) -> ModelDetailOut:
         """One model version with its bundle manifest."""
         row = store.model(name, version)
-        return ModelDetailOut(**ModelOut.of(row).model_dump(),
-                              manifest=json.loads(store.manifest_json(name, version)))
+        return ModelDetailOut(**model_view(row), manifest=json.loads(store.manifest_json(name, version)))
 
     # --- devices ---
 
     @app.get(f"{PREFIX}/devices", tags=["devices"], responses=errors)
-    def list_devices(actor: Actor) -> list[DeviceOut]:
-        """Every device of the fleet as it reported itself, with its last telemetry window."""
-        return [DeviceOut.of(d) for d in store.devices(fleet)]
+    def list_devices(actor: Actor, tag: Annotated[str | None, Query(description="Only devices with this tag.")] = None,
+                     ) -> list[DeviceOut]:
+        """Every device of the fleet as it reported itself, with its tags and last telemetry window."""
+        return [DeviceOut(**d) for d in ops.devices(tag)]
 
     @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"], responses=errors)
     def get_device(device_id: str, actor: Actor) -> DeviceDetailOut:
-        """One device: reported state, last telemetry, desired deployment and recent events."""
-        row = store.device(fleet, device_id)
-        dep = store.desired_for(fleet).get(device_id)
-        desired = DesiredOut(deployment_id=dep.id, digest=dep.digest, rollout_id=dep.rollout_id,
-                             rollback=dep.rollback) if dep else None
-        return DeviceDetailOut(**DeviceOut.of(row).model_dump(), desired=desired,
-                               events=store.events(fleet, device_id, limit=DEVICE_EVENTS))
+        """One device: reported state, tags, last telemetry, desired deployment and recent events."""
+        return DeviceDetailOut(**ops.device(device_id))
+
+    @app.post(f"{PREFIX}/devices/{{device_id}}/tags", tags=["devices"], responses=write_errors)
+    def tag_device(device_id: str, body: TagsIn, actor: Actor) -> DeviceOut:
+        """Add and remove tags of a device (audited); rollouts select tagged devices with `tag:NAME`."""
+        return DeviceOut(**ops.tag_device(device_id, body.add, body.remove, actor))
 
     @app.get(f"{PREFIX}/telemetry/{{device_id}}", tags=["devices"], responses=errors)
     def get_telemetry(device_id: str, actor: Actor,
@@ -369,70 +338,41 @@ def create_app(home: Path, fleet: str) -> FastAPI:
                       since_ms: Annotated[int, Query(ge=0, description="Only windows at or after.")] = 0,
                       ) -> list[dict[str, Any]]:
         """The newest telemetry windows of one device (newest first)."""
-        store.device(fleet, device_id)  # 404 for a device the fleet has never seen
-        return store.telemetry_windows(fleet, device_id, since_ms=since_ms, limit=limit)
+        return ops.telemetry(device_id, since_ms=since_ms, limit=limit)
 
     # --- deployments ---
 
     @app.post(f"{PREFIX}/deployments", tags=["deployments"], status_code=201, responses=write_errors)
     def create_deployment(body: DeploymentIn, actor: Actor) -> DeploymentOut:
         """Set the desired version of some or all devices; the server publishes it."""
-        row = _model(store, body.model)
-        selector = _known_devices(store, fleet, body.devices)
-        dep = store.add_deployment(fleet, row.digest, selector)
-        store.audit(actor, "deploy", f"deployment-{dep.id}", body.reason,
-                    json.dumps({"model": row.label, "digest": row.digest, "devices": selector, "via": "api"}))
-        log.info("deployment %d by %s: %s -> %s", dep.id, actor, row.label, selector)
-        return DeploymentOut(id=dep.id, model=row.label, digest=row.digest, devices=selector,
-                             created_ms=dep.created_ms)
+        return DeploymentOut(**ops.deploy(body.model, body.devices, actor, body.reason, via="api"))
 
     # --- rollouts ---
 
     @app.get(f"{PREFIX}/rollouts", tags=["rollouts"], responses=errors)
     def list_rollouts(actor: Actor) -> list[RolloutOut]:
         """Every rollout of the fleet, oldest first."""
-        return [rollout_view(service, r) for r in service.all_rollouts()]
+        return [RolloutOut(**r) for r in ops.rollouts()]
 
     @app.get(f"{PREFIX}/rollouts/{{rollout_id}}", tags=["rollouts"], responses=errors)
     def get_rollout(rollout_id: str, actor: Actor) -> RolloutOut:
         """One rollout with per-stage progress."""
-        return rollout_view(service, service.get(rollout_id))
+        return RolloutOut(**ops.rollout(rollout_id))
 
     @app.post(f"{PREFIX}/rollouts", tags=["rollouts"], status_code=201, responses=write_errors)
     def create_rollout(body: RolloutIn, actor: Actor) -> RolloutOut:
         """Start a staged rollout; the running server drives it through its stages and gates."""
-        row = _model(store, body.model)
-        selector = _known_devices(store, fleet, body.devices)
         gates = logic.Gates(max_error_rate=body.max_error_rate, max_latency_ratio=body.max_latency_ratio,
                             max_drift_score=body.max_drift, max_failed_share=body.max_failed_share,
                             soak_s=body.soak_s, silence_timeout_s=body.silence_timeout_s)
-        try:
-            started = service.start_new(row.digest, selector, body.stages, gates, policy=body.policy,
-                                        max_concurrent=body.max_concurrent, approval=body.approval, actor=actor,
-                                        reason=body.reason)
-        except ConfigError as exc:
-            raise _InvalidRequest(str(exc)) from exc
-        log.info("rollout %s by %s: %s -> %s", started.id, actor, row.label, selector)
-        return rollout_view(service, started)
+        return RolloutOut(**ops.start_rollout(body.model, body.devices, body.stages, gates, policy=body.policy,
+                                              max_concurrent=body.max_concurrent, approval=body.approval,
+                                              actor=actor, reason=body.reason))
 
     @app.post(f"{PREFIX}/rollouts/{{rollout_id}}/{{command}}", tags=["rollouts"], responses=write_errors)
     def command_rollout(rollout_id: str, command: Command, actor: Actor, body: CommandIn | None = None) -> RolloutOut:
         """Pause, resume, approve, abort or roll back a rollout (409 when its state does not allow it)."""
-        reason = body.reason if body else ""
-
-        def run(r: logic.Rollout) -> logic.Decision:
-            if command is Command.PAUSE:
-                return logic.pause(r, reason or "paused by operator")
-            if command is Command.ROLLBACK:
-                return logic.operator_rollback(r, reason or "rolled back by operator")
-            decision = {Command.RESUME: logic.resume, Command.APPROVE: logic.approve,
-                        Command.ABORT: logic.abort}[command](r)
-            if not reason:
-                return decision
-            return replace(decision, rollout=replace(decision.rollout, reason=f"{decision.rollout.reason}: {reason}"))
-
-        rollout = service.apply_command(rollout_id, run, actor, f"rollout_{command.value}")
-        return rollout_view(service, rollout)
+        return RolloutOut(**ops.command(rollout_id, command.value, actor, body.reason if body else ""))
 
     # --- audit ---
 
@@ -441,25 +381,24 @@ def create_app(home: Path, fleet: str) -> FastAPI:
                   target: Annotated[str | None, Query(description="Only entries about this target.")] = None,
                   ) -> list[AuditOut]:
         """Who did what, when and why: API calls, CLI commands and the rollout driver (newest first)."""
-        out = []
-        for r in store.audit_log(limit, target):
-            try:
-                details = json.loads(r["details"])
-            except ValueError:
-                details = r["details"]
-            out.append(AuditOut(id=r["id"], ts_ms=r["ts_ms"], actor=r["actor"], action=r["action"],
-                                target=r["target"], reason=r["reason"], details=details))
-        return out
+        return [AuditOut(**r) for r in ops.audit(limit, target)]
 
+    # --- dashboard, event stream, /metrics ---
+    install_dashboard(app, store=store, ops=ops, tokens=tokens, bus=live or LiveBus(),
+                      counters=counters or IngestCounters(), options=web or WebOptions(), prefix=PREFIX)
     return app
 
 
 class HttpApi:
     """The API served by uvicorn in a background thread of the fleet server process."""
 
-    def __init__(self, home: Path, fleet: str, host: str, port: int) -> None:
-        config = uvicorn.Config(create_app(home, fleet), host=host, port=port, log_level="warning",
-                                access_log=False)
+    def __init__(self, home: Path, fleet: str, host: str, port: int, database: Path | str | None = None, *,
+                 live: LiveBus | None = None, counters: IngestCounters | None = None,
+                 web: WebOptions | None = None) -> None:
+        app = create_app(home, fleet, database, live=live, counters=counters, web=web)
+        # Open event streams end when the server closes its live bus; the grace period is a backstop.
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
         self.address = f"http://{host}:{port}"
         self.server = uvicorn.Server(config)
         # Signal handlers are installed only from the main thread; this runs elsewhere, so the

@@ -118,7 +118,7 @@ class Rollout:
     #: When every device of the current stage first was committed (start of the soak).
     stage_settled_ms: int | None = None
     reason: str = ""
-    #: Which devices: ``all`` or comma-separated device ids (the driver resolves it).
+    #: Which devices: ``all``, or comma-separated device ids and ``tag:NAME`` terms (the driver resolves it).
     selector: str = "all"
 
     def __post_init__(self) -> None:

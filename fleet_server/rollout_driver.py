@@ -33,7 +33,7 @@ from fleet_server.rollout import (
     rollout_to_dict,
     start,
 )
-from fleet_server.store import ALL_DEVICES, Store, now_ms
+from fleet_server.store import ALL_DEVICES, Store, check_tag, now_ms, split_selector
 
 log = logging.getLogger(__name__)
 #: Telemetry windows per device that the health gates look at.
@@ -56,9 +56,18 @@ class RolloutService:
         return [self.get(i) for i in self.store.rollout_ids(self.fleet)]
 
     def selected(self, rollout: Rollout) -> list[str]:
+        """The devices a rollout's selector names now: ``all``, device ids, ``tag:NAME`` terms.
+
+        Tags are resolved through the store on every tick, like ``all``: a device tagged after the
+        rollout started joins its remaining stages.
+        """
         if rollout.selector == ALL_DEVICES:
             return [d.device_id for d in self.store.devices(self.fleet)]
-        return [d for d in rollout.selector.split(",") if d]
+        ids, tags = split_selector(rollout.selector)
+        chosen = dict.fromkeys(ids)
+        for tag in tags:
+            chosen.update(dict.fromkeys(d.device_id for d in self.store.devices(self.fleet, tag=tag)))
+        return list(chosen)
 
     def observations(self, rollout: Rollout, devices: list[str]) -> dict[str, Observation]:
         rows = {d.device_id: d for d in self.store.devices(self.fleet)}
@@ -119,10 +128,12 @@ class RolloutService:
     ) -> Rollout:
         """Create and start a rollout (the CLI's and the HTTP API's one way to do it).
 
-        ``stages`` as for :func:`parse_stages`; ``approval`` makes every stage after the first wait
-        for an operator. Bad input raises ConfigError.
+        ``stages`` as for :func:`parse_stages`; ``selector`` as :meth:`selected` reads it;
+        ``approval`` makes every stage after the first wait for an operator. Bad input raises ConfigError.
         """
         parsed = parse_stages(stages, gates)
+        for tag in split_selector(selector)[1]:
+            check_tag(tag)  # a bad tag fails here, not on every tick of the server
         if approval:
             parsed = (parsed[0], *(replace(s, approval=True) for s in parsed[1:]))
         try:

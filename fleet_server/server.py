@@ -40,9 +40,12 @@ from edgeops.schema import Message
 from edgeops.signing import KeyRing, sign_desired
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck
 from fleet_server.config import ServerConfig
+from fleet_server.dashboard.views import RolloutRelay
+from fleet_server.live import LiveBus
+from fleet_server.metrics import IngestCounters
 from fleet_server.registry import Registry
 from fleet_server.rollout_driver import RolloutService
-from fleet_server.store import Deployment, Store, now_ms
+from fleet_server.store import Deployment, Store, StoreUnavailableError, now_ms
 
 log = logging.getLogger(__name__)
 #: Received messages handled per store transaction at most (telemetry windows are written together).
@@ -52,12 +55,16 @@ INGEST_BATCH = 500
 class FleetServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = Store(config.store_path)
+        self.store = Store(config.database_url)
         self.registry = Registry(config.registry_path)
         self.transport = MqttTransport(f"edgeops-server-{config.fleet}", config.broker, clean_session=False)
         self.drops = DropLog(log)
         self.keys = KeyRing(config.home / "keys")
         self.rollouts = RolloutService(self.store, config.fleet)
+        #: What the dashboard's event stream relays and /metrics counts (both served in this process).
+        self.live = LiveBus(config.live_queue_size)
+        self.counters = IngestCounters()
+        self.rollout_relay = RolloutRelay(self.rollouts, self.live, config.live_rollout_interval_s)
         self._published_bundles: set[str] = set()
         self._published_desired: dict[str, int] = {}
         self._broken_bundles: set[str] = set()
@@ -80,9 +87,13 @@ class FleetServer:
             elif message is not None:
                 self._store_message(message)
         if windows:
-            stored = self.store.record_telemetry_batch(self.config.fleet, windows, now_ms())
+            received = now_ms()
+            stored = self.store.record_telemetry_batch(self.config.fleet, windows, received)
+            self.counters.count_windows(stored, len(windows) - stored)
             if stored < len(windows):
                 log.debug("duplicate telemetry windows dropped count=%d", len(windows) - stored)
+            for window in windows:  # duplicates too: the browser keys windows by window_id
+                self.live.publish_message(window, received)
 
     def _decode(self, item: Inbound | LinkChange | PublishAck) -> Message | None:
         if isinstance(item, PublishAck):
@@ -104,8 +115,10 @@ class FleetServer:
             if device_id_mismatch(parsed, message):
                 raise ProtocolError(f"payload names another device than its topic ({parsed.device_id})")
         except ProtocolError as exc:
+            self.counters.count_invalid()
             self.drops.drop(item.topic.split("/")[4] if item.topic.count("/") >= 4 else item.topic, item.topic, exc)
             return None
+        self.counters.count_received(parsed.channel.value)
         return message
 
     def _store_message(self, message: Message) -> None:
@@ -121,6 +134,7 @@ class FleetServer:
             log.info("device event device=%s kind=%s %s", message.device_id, message.kind.value, message.message)
         elif isinstance(message, DriftDetail):
             self.store.record_drift(fleet, message)
+        self.live.publish_message(message, received)
 
     # --- outbound -----------------------------------------------------------------------------
 
@@ -180,6 +194,25 @@ class FleetServer:
         self._published_desired[device_id] = deployment.id
         log.info("desired published device=%s model=%s", device_id, desired.bundle.label)
 
+    # --- retention ----------------------------------------------------------------------------
+
+    def apply_retention(self, now: int | None = None) -> dict[str, int] | None:
+        """Delete telemetry, drift and events older than ``retention_days``; the counts, or None if
+        retention is off or the store was unavailable (tried again at the next interval)."""
+        days = self.config.retention_days
+        if days is None:
+            return None
+        cutoff = (now_ms() if now is None else now) - int(days * 86_400_000)
+        try:
+            deleted = self.store.prune(self.config.fleet, cutoff)
+        except StoreUnavailableError as exc:
+            log.warning("retention skipped until the next interval: %s", exc)
+            return None
+        level = logging.INFO if any(deleted.values()) else logging.DEBUG
+        log.log(level, "retention: deleted rows older than %g days %s", days,
+                " ".join(f"{table}={count}" for table, count in deleted.items()))
+        return deleted
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -187,18 +220,22 @@ class FleetServer:
         self.transport.subscribe(*(device_filter(fleet, ch) for ch in DEVICE_PUBLISHED))
         self.transport.start()
         active = self.keys.active_name()
-        log.info("fleet server started fleet=%s broker=%s home=%s signing_key=%s", fleet, self.config.broker,
-                 self.config.home, active)
+        log.info("fleet server started fleet=%s broker=%s home=%s store=%s signing_key=%s", fleet,
+                 self.config.broker, self.config.home, self.store.url, active)
         if active is None:
             log.warning("no signing key in %s: desired messages go out unsigned (edgeops keys generate)",
                         self.config.home / "keys")
         next_reconcile = 0.0
+        next_retention = 0.0  # once at start-up, then every retention_interval_s
         http = None
         try:
             if self.config.http_port:
                 from fleet_server.api import HttpApi
+                from fleet_server.dashboard.routes import WebOptions
 
-                http = HttpApi(self.config.home, fleet, self.config.http_host, self.config.http_port).start()
+                http = HttpApi(self.config.home, fleet, self.config.http_host, self.config.http_port,
+                               self.config.database_url, live=self.live, counters=self.counters,
+                               web=WebOptions.from_config(self.config)).start()
             while not stop.is_set():
                 timeout = max(0.0, next_reconcile - time.monotonic())
                 try:
@@ -214,9 +251,14 @@ class FleetServer:
                     self.handle_batch(batch)
                 if time.monotonic() >= next_reconcile:
                     self.rollouts.tick()
+                    self.rollout_relay.maybe_publish()
                     self.reconcile()
                     next_reconcile = time.monotonic() + self.config.reconcile_interval_s
+                if time.monotonic() >= next_retention:
+                    self.apply_retention()
+                    next_retention = time.monotonic() + self.config.retention_interval_s
         finally:
+            self.live.close()  # ends the dashboards' event streams, so the HTTP server can stop
             if http is not None:
                 http.stop()
             self.transport.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -13,6 +15,14 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeops.bundle import Bundle, build_bundle
 from edgeops.examples import TrainedExample
 from tests.integration.harness import BrokerHandle, Processes
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
+
+#: The system's Chromium (Debian's package); Playwright never downloads a browser here.
+CHROMIUM = Path(os.environ.get("EDGEOPS_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(params=["mosquitto", "embedded"])
@@ -64,4 +74,32 @@ def big_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.ir_version = 8
     path = tmp_path_factory.mktemp("big") / "big.onnx"
     onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[BrowserContext]:
+    """Headless Chromium with a fresh profile, driven by Playwright. A missing browser fails the
+    test with how to install it (.ci/run does): it is never a skip."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run installs it), "
+                    "or point EDGEOPS_CHROMIUM at a Chromium binary", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def screenshots(artifacts_dir: Path) -> Path:
+    """Where browser tests save screenshots: ``$EDGEOPS_TEST_ARTIFACTS`` or tests/test-artifacts (gitignored)."""
+    root = Path(os.environ["EDGEOPS_TEST_ARTIFACTS"]) if os.environ.get("EDGEOPS_TEST_ARTIFACTS") else artifacts_dir
+    path = root / "dashboard"
+    path.mkdir(parents=True, exist_ok=True)
     return path

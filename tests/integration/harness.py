@@ -7,25 +7,51 @@ Mosquitto binary fails the run: it is never a silent skip.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edgeops.broker import Mosquitto, free_port, wait_for_port
 from edgeops.errors import BrokerUnavailableError
+from edgeops.examples import TrainedExample
 from edgeops.processes import ManagedProcess
 from edgeops.transport import BrokerAddress, Inbound, LinkChange, MqttTransport
+
+
+def edgeops(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a child process, as a user would; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeops", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgeops {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def add_versions(home: Path, versions: Sequence[tuple[str, TrainedExample]], *, sign: bool = True) -> None:
+    """``edgeops model add`` each (version, model) as ``digits:VERSION``, with the first model's
+    training rows as every version's drift reference."""
+    reference = home.parent / "digits-ref.npz"
+    np.savez(reference, X=versions[0][1].reference)
+    for version, model in versions:
+        edgeops("model", "add", str(model.model_path), "--name", "digits", "--version", version,
+                "--reference", str(reference), "--home", str(home), *([] if sign else ["--no-sign"]))
+
 
 
 class BrokerHandle:
     """A broker on a fixed free port that a test can stop and start again."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, *, persistent: bool = False) -> None:
         self.kind = kind
+        self.persistent = persistent
         self.workdir = workdir
         self.port = free_port()
         self.address = BrokerAddress("127.0.0.1", self.port)
@@ -35,7 +61,8 @@ class BrokerHandle:
     def start(self) -> None:
         if self.kind == "mosquitto":
             try:
-                self._proc = Mosquitto(self.workdir, self.port, self._log).start()
+                data_dir = self.workdir / "mosquitto-data" if self.persistent else None
+                self._proc = Mosquitto(self.workdir, self.port, self._log, data_dir).start()
             except BrokerUnavailableError as exc:
                 pytest.fail(f"{exc}; .ci/run installs it", pytrace=False)
         else:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +11,11 @@ import pytest
 from edgeops.examples import TrainedExample
 from edgeops.protocol import DeviceChannel, device_topic
 from fleet_server.store import Store
-from tests.integration.harness import BrokerHandle, Listener, Processes, wait_until
+from tests.conftest import StoreBackend
+from tests.integration.harness import BrokerHandle, Listener, Processes, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 DEVICES = ["dev-a", "dev-b", "dev-c"]
-
-
-def edgeops(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "edgeops", *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"edgeops {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def _converged(store: Store, digest: str, version: str) -> bool:
@@ -41,7 +31,7 @@ def _converged(store: Store, digest: str, version: str) -> bool:
 
 
 def test_deploy_converges_and_telemetry_arrives(
-    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path
+    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path, store_backend: StoreBackend
 ) -> None:
     home = tmp_path / "home"
     np.savez(tmp_path / "ref.npz", X=digits.reference)
@@ -50,7 +40,7 @@ def test_deploy_converges_and_telemetry_arrives(
     edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
     server = processes.server(home, broker)
     agents = [processes.agent(d, broker, trust_dir=tmp_path / "trust") for d in DEVICES]
-    store = Store(home / "edgeops.db")
+    store = Store(store_backend.target(home))  # the CLI and server find it too (EDGEOPS_DB_URL)
     wait_until(lambda: len([d for d in store.devices("default") if d.online]) == len(DEVICES), 30,
                "every agent's birth message")
 
@@ -64,7 +54,7 @@ def test_deploy_converges_and_telemetry_arrives(
     listed = json.loads(edgeops("devices", "list", "--json", "--home", str(home)).stdout)
     assert {d["device_id"] for d in listed} == set(DEVICES)
     for row in listed:
-        assert row["online"] and row["active_version"] == "1"
+        assert row["online"] and row["running"] == "digits:1" and row["active_digest"] == digest
         t = row["last_telemetry"]
         assert t["latency_ms_p95"] > 0 and t["drift_score"] is not None and t["rss_mb"] > 0
     table = edgeops("devices", "list", "--home", str(home)).stdout
@@ -82,12 +72,12 @@ def test_deploy_converges_and_telemetry_arrives(
 
 
 def test_invalid_payloads_are_dropped_and_logged_once_per_source(
-    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path
+    broker: BrokerHandle, processes: Processes, digits: TrainedExample, tmp_path: Path, store_backend: StoreBackend
 ) -> None:
     home = tmp_path / "home"
     server = processes.server(home, broker)
     agent = processes.agent("dev-a", broker)
-    store = Store(home / "edgeops.db")
+    store = Store(store_backend.target(home))  # the CLI and server find it too (EDGEOPS_DB_URL)
     wait_until(lambda: store.telemetry_count("default", "dev-a") > 0, 30, "telemetry from dev-a")
     listener = Listener(broker, "#")
     try:

@@ -8,14 +8,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from edgeops.broker import free_port, wait_for_port
 from edgeops.examples import TrainedExample
 from edgeops.processes import ManagedProcess
-from tests.integration.harness import BrokerHandle, Processes, wait_until
-from tests.integration.test_end_to_end import edgeops
+from tests.integration.harness import BrokerHandle, Processes, add_versions, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
@@ -65,10 +63,7 @@ def test_http_api_with_tokens_deployments_rollouts_and_audit(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    np.savez(tmp_path / "ref.npz", X=digits.reference)
-    for version, model in (("1", digits), ("2", digits_v2)):
-        edgeops("model", "add", str(model.model_path), "--name", "digits", "--version", version, "--no-sign",
-                "--reference", str(tmp_path / "ref.npz"), "--home", str(home))
+    add_versions(home, [("1", digits), ("2", digits_v2)], sign=False)
     secret = edgeops("token", "create", "ci-bot", "--home", str(home)).stdout.strip()
     doomed = edgeops("token", "create", "old-bot", "--home", str(home)).stdout.strip()
     assert secret.startswith("eo_") and doomed != secret

@@ -51,6 +51,11 @@ def test_quantize_validate_sign_list_show_diff(tmp_path: Path, digits: TrainedEx
     assert "mode=dynamic" in show and "digits:2-int8 <- digits:1" in show and "passed" in show
     diff = ok("model", "diff", "digits:1", "digits:2-int8", "--home", home)
     assert "changed" in diff and "quantization" in diff
+    fields = {r["field"]: r for r in json.loads(ok("model", "diff", "digits:1", "digits:2-int8", "--json",
+                                                    "--home", home))}
+    assert fields["quantization"]["changed"] and fields["quantization"]["b"].startswith("mode=dynamic")
+    assert not fields["runtime"]["changed"]
+    assert rows[1]["recipe"]["quantize"]["mode"] == "dynamic"
 
     keys = json.loads(ok("keys", "list", "--json", "--home", home))
     assert len(keys) == 1 and keys[0]["active"] and keys[0]["key_id"] == rows[0]["signed_by"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleet_server.store import Store
-from tests.integration.harness import BrokerHandle, Processes, wait_until
-from tests.integration.test_end_to_end import edgeops
+from tests.integration.harness import BrokerHandle, Processes, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,23 @@ def test_broker_restart_during_download_resumes_and_completes(
     assert "mqtt disconnected" in log
 
 
+@pytest.fixture
+def persistent_mosquitto(tmp_path: Path) -> Iterator[BrokerHandle]:
+    """Mosquitto with persistence, as deployed (edgeops mosquitto-config --data-dir).
+
+    Without it a restarted broker has forgotten the server's subscriptions, and windows an agent
+    re-sends from its spool before the server has subscribed again are dropped by the broker.
+    """
+    handle = BrokerHandle("mosquitto", tmp_path, persistent=True)
+    handle.start()
+    yield handle
+    handle.stop()
+
+
 def test_telemetry_during_a_broker_outage_arrives_afterwards_without_gaps(
-    mosquitto: BrokerHandle, processes: Processes, tmp_path: Path
+    persistent_mosquitto: BrokerHandle, processes: Processes, tmp_path: Path
 ) -> None:
+    mosquitto = persistent_mosquitto
     home = tmp_path / "home"
     processes.server(home, mosquitto)
     agent = processes.agent("dev-a", mosquitto, telemetry_interval=0.5)

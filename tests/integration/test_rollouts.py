@@ -6,13 +6,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgeops.examples import TrainedExample
 from fleet_server.store import Store
-from tests.integration.harness import BrokerHandle, Processes, wait_until
-from tests.integration.test_end_to_end import edgeops
+from tests.conftest import StoreBackend
+from tests.integration.harness import BrokerHandle, Processes, add_versions, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 DEVICES = 20
@@ -34,22 +33,19 @@ def _start(home: Path, model: str, *extra: str) -> str:
 
 def test_staged_rollouts_pass_fail_pause_and_survive_a_server_restart(
     mosquitto: BrokerHandle, processes: Processes, digits: TrainedExample, digits_v2: TrainedExample,
-    tmp_path: Path,
+    tmp_path: Path, store_backend: StoreBackend,
 ) -> None:
     home = tmp_path / "home"
     edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
     edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
-    np.savez(tmp_path / "ref.npz", X=digits.reference)
-    for version, model in (("1", digits), ("2", digits_v2), ("3", digits)):
-        edgeops("model", "add", str(model.model_path), "--name", "digits", "--version", version,
-                "--reference", str(tmp_path / "ref.npz"), "--home", str(home))
+    add_versions(home, [("1", digits), ("2", digits_v2), ("3", digits)])
     server = processes.server(home, mosquitto)
     # Version 3 is slow on every device: 15 ms of added latency per inference.
     processes.start("simulator", "simulate", "--devices", str(DEVICES), "--data-root", str(tmp_path / "sim"),
                     "--broker", str(mosquitto.address), "--trust-dir", str(tmp_path / "trust"),
                     "--telemetry-interval", "1", "--inference-interval", "0.1", "--probation-min-inferences", "3",
                     "--simulate-faults", "latency=15", "--faults-version", "3")
-    store = Store(home / "edgeops.db")
+    store = Store(store_backend.target(home))  # the CLI and server find it too (EDGEOPS_DB_URL)
     wait_until(lambda: len([d for d in store.devices("default") if d.online]) == DEVICES, 60, "devices online")
     edgeops("deploy", "digits:1", "--home", str(home))
     wait_until(lambda: set(_versions(store).values()) == {"1"}, 60, "every device on digits:1")

@@ -9,8 +9,7 @@ import pytest
 
 from edgeops.examples import TrainedExample
 from fleet_server.store import Store
-from tests.integration.harness import BrokerHandle, Processes, wait_until
-from tests.integration.test_end_to_end import edgeops
+from tests.integration.harness import BrokerHandle, Processes, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 DEVICES = 20
