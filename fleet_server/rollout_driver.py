@@ -33,7 +33,7 @@ from fleet_server.rollout import (
     rollout_to_dict,
     start,
 )
-from fleet_server.store import ALL_DEVICES, Store, check_tag, now_ms, split_selector
+from fleet_server.store import ALL_DEVICES, DeviceRow, Store, check_tag, now_ms, split_selector
 
 log = logging.getLogger(__name__)
 #: Telemetry windows per device that the health gates look at.
@@ -41,10 +41,18 @@ WINDOWS = 5
 LIVE = (RolloutState.RUNNING.value, RolloutState.PAUSED.value, RolloutState.WAITING_FOR_APPROVAL.value)
 
 
+#: A device's gate figures: error rate, p95 latency, drift score on the target; p95 latency before.
+_Figures = tuple[float | None, float | None, float | None, float | None]
+_NO_FIGURES: _Figures = (None, None, None, None)
+#: Cached gate figures (one per device and newest window) before the cache starts over.
+FIGURES_CACHE_SIZE = 20_000
+
+
 class RolloutService:
     def __init__(self, store: Store, fleet: str) -> None:
         self.store = store
         self.fleet = fleet
+        self._figures_cache: dict[tuple[object, ...], _Figures] = {}
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -70,31 +78,63 @@ class RolloutService:
         return list(chosen)
 
     def observations(self, rollout: Rollout, devices: list[str]) -> dict[str, Observation]:
+        """Every selected device's reported state; telemetry only where the gates read it.
+
+        The gates judge the current stage's devices that committed the target (see
+        :func:`~fleet_server.rollout.evaluate_stage`), so only those devices' windows are read, and
+        each device's figures are reused until it sends a new window: at 1,000 devices reading
+        every device's windows on every tick was most of the server's work during a rollout.
+        """
         rows = {d.device_id: d for d in self.store.devices(self.fleet)}
-        target = self._version(rollout.target_digest)
+        versions: dict[str | None, tuple[str, str] | None] = {}
+
+        def version(digest: str | None) -> tuple[str, str] | None:
+            if digest not in versions:
+                versions[digest] = self._version(digest)
+            return versions[digest]
+
         out: dict[str, Observation] = {}
         for device_id in devices:
             row = rows.get(device_id)
             if row is None:
                 continue
-            windows = self.store.telemetry_windows(self.fleet, device_id, limit=50)
-            on_target = [w for w in windows if (w.get("model"), w.get("model_version")) == target][:WINDOWS]
-            previous = self._version(rollout.previous.get(device_id))
-            before = [w for w in windows if previous and (w.get("model"), w.get("model_version")) == previous]
-            inferences = sum(int(w.get("inferences", 0)) for w in on_target)
-            errors = sum(int(w.get("errors", 0)) for w in on_target)
+            judged = (rollout.assigned.get(device_id) == rollout.stage_index and row.phase == "committed"
+                      and row.active_digest == rollout.target_digest)
+            figures = (self._figures(row, version(rollout.target_digest), version(rollout.previous.get(device_id)))
+                       if judged else _NO_FIGURES)
             out[device_id] = Observation(
                 device_id=device_id,
                 online=row.online,
                 last_seen_ms=row.last_seen_ms,
                 phase=row.phase,
                 active_digest=row.active_digest,
-                error_rate=errors / (inferences + errors) if inferences + errors else None,
-                latency_ms_p95=_median(on_target, "latency_ms_p95"),
-                drift_score=_median(on_target, "drift_score"),
-                baseline_latency_ms_p95=_median(before[:WINDOWS], "latency_ms_p95"),
+                error_rate=figures[0],
+                latency_ms_p95=figures[1],
+                drift_score=figures[2],
+                baseline_latency_ms_p95=figures[3],
             )
         return out
+
+    def _figures(self, row: DeviceRow, target: tuple[str, str] | None,
+                 previous: tuple[str, str] | None) -> _Figures:
+        """Error rate, p95 latency and drift on the target, and p95 latency before it (cached per window)."""
+        newest = (row.last_telemetry or {}).get("window_id")
+        key = (row.device_id, row.last_telemetry_ms, newest, target, previous)
+        cached = self._figures_cache.get(key)
+        if cached is not None:
+            return cached
+        windows = self.store.telemetry_windows(self.fleet, row.device_id, limit=50)
+        on_target = [w for w in windows if (w.get("model"), w.get("model_version")) == target][:WINDOWS]
+        before = [w for w in windows if previous and (w.get("model"), w.get("model_version")) == previous]
+        inferences = sum(int(w.get("inferences", 0)) for w in on_target)
+        errors = sum(int(w.get("errors", 0)) for w in on_target)
+        figures = (errors / (inferences + errors) if inferences + errors else None,
+                   _median(on_target, "latency_ms_p95"), _median(on_target, "drift_score"),
+                   _median(before[:WINDOWS], "latency_ms_p95"))
+        if len(self._figures_cache) >= FIGURES_CACHE_SIZE:
+            self._figures_cache.clear()  # stale keys of earlier windows; cheap to rebuild
+        self._figures_cache[key] = figures
+        return figures
 
     def _version(self, digest: str | None) -> tuple[str, str] | None:
         if digest is None:

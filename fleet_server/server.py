@@ -16,7 +16,7 @@ import time
 
 from edgeops.errors import BundleError, ProtocolError
 from edgeops.homeassistant import DiscoveryAnnouncer
-from edgeops.manifest import bundle_ref
+from edgeops.manifest import Manifest, bundle_ref
 from edgeops.protocol import (
     DEVICE_PUBLISHED,
     Desired,
@@ -68,6 +68,7 @@ class FleetServer:
         self._published_bundles: set[str] = set()
         self._published_desired: dict[str, int] = {}
         self._broken_bundles: set[str] = set()
+        self._manifests: dict[str, Manifest] = {}
         self.homeassistant = DiscoveryAnnouncer(self.transport, config.fleet, config.homeassistant_prefix,
                                                 enabled=config.homeassistant_discovery)
 
@@ -170,6 +171,7 @@ class FleetServer:
             log.warning("bundle is unsigned; agents that require signatures will refuse it digest=%s", digest[:12])
         self.transport.publish(manifest_topic(fleet, digest), bundle.manifest_bytes, retain=True)
         self._published_bundles.add(digest)
+        self._manifests[digest] = bundle.manifest  # verified once, not again for every device's desired
         log.info(
             "bundle published model=%s:%s digest=%s chunks=%d bytes=%d",
             bundle.manifest.name, bundle.manifest.version, digest[:12], len(bundle.manifest.chunks),
@@ -179,9 +181,8 @@ class FleetServer:
 
     def _publish_desired(self, device_id: str, deployment: Deployment) -> None:
         fleet = self.config.fleet
-        bundle = self.registry.open(deployment.digest)
         desired = Desired(
-            bundle=bundle_ref(bundle.manifest, deployment.digest),
+            bundle=bundle_ref(self._manifests[deployment.digest], deployment.digest),
             manifest_topic=manifest_topic(fleet, deployment.digest),
             issued_at=deployment.created_ms,
             rollout_id=deployment.rollout_id or f"deployment-{deployment.id}",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +239,21 @@ class Deployment:
         """Whether the deployment names this device, by id or by one of its ``tags``."""
         if self.selector == ALL_DEVICES:
             return True
-        ids, wanted = split_selector(self.selector)
-        return device_id in ids or not set(wanted).isdisjoint(tags)
+        return device_id in self.explicit_ids or not self.tags.isdisjoint(tags)
+
+    @cached_property
+    def _terms(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The selector parsed once: a rollout stage's deployment can name hundreds of devices."""
+        ids, tags = split_selector(self.selector)
+        return frozenset(ids), frozenset(tags)
 
     @property
-    def explicit_ids(self) -> list[str]:
-        return split_selector(self.selector)[0]
+    def explicit_ids(self) -> frozenset[str]:
+        return self._terms[0]
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return self._terms[1]
 
 
 @dataclass(frozen=True)
@@ -662,15 +672,22 @@ class Store:
     def desired_for(self, fleet: str) -> dict[str, Deployment]:
         """The deployment each device should follow: the newest one that targets it (by id or tag)."""
         deployments = self.deployments(fleet)
-        tags = {d.device_id: d.tags for d in self.devices(fleet)}
-        device_ids = set(tags)
+        by_tag: dict[str, list[str]] = {}
+        device_ids: set[str] = set()
+        for device in self.devices(fleet):
+            device_ids.add(device.device_id)
+            for tag in device.tags:
+                by_tag.setdefault(tag, []).append(device.device_id)
         for dep in deployments:
-            device_ids.update(dep.explicit_ids)
+            device_ids.update(dep.explicit_ids)  # devices named before they ever connected
         desired: dict[str, Deployment] = {}
         for dep in deployments:  # oldest first, so newer ones win
-            for device_id in device_ids:
-                if dep.targets(device_id, tags.get(device_id, ())):
-                    desired[device_id] = dep
+            if dep.selector == ALL_DEVICES:
+                desired.update(dict.fromkeys(device_ids, dep))
+                continue
+            desired.update(dict.fromkeys(dep.explicit_ids, dep))
+            for tag in dep.tags:
+                desired.update(dict.fromkeys(by_tag.get(tag, ()), dep))
         return desired
 
     # --- devices ------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ duplicate windows, tags, retention, migrations, and SQLite shared by concurrent 
 
 from __future__ import annotations
 
+import random
+
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -246,6 +248,28 @@ def test_device_tags_select_devices(store: Store) -> None:
     store.add_deployment("f", DIGEST_2, "tag:lab,dev-c")
     assert {d: dep.digest for d, dep in store.desired_for("f").items()} == {
         "dev-a": DIGEST_2, "dev-b": DIGEST_1, "dev-c": DIGEST_2}
+
+
+def test_desired_for_is_the_newest_deployment_naming_each_device(store: Store) -> None:
+    """The fast path (selectors parsed once, tags looked up) against the definition, device by device."""
+    rng = random.Random(7)
+    devices = [f"dev-{i:02d}" for i in range(12)]
+    tag_names = ["pi4", "lab", "canary"]
+    for device in devices[:10]:  # dev-10 and dev-11 are named by deployments before they connect
+        store.record_status("f", status(device), 1_000)
+        store.set_device_tags("f", device, rng.sample(tag_names, rng.randint(0, 2)))
+    for n in range(25):
+        terms = rng.sample(devices, rng.randint(0, 4)) + [f"tag:{t}" for t in rng.sample(tag_names, rng.randint(0, 1))]
+        selector = "all" if n % 9 == 0 or not terms else ",".join(terms)
+        store.add_deployment("f", DIGEST_1 if n % 2 else DIGEST_2, selector)
+    deployments = store.deployments("f")
+    tags = {d.device_id: d.tags for d in store.devices("f")}
+    expected = {}
+    for device in devices:
+        naming = [dep for dep in deployments if dep.targets(device, tags.get(device, ()))]
+        if naming:
+            expected[device] = naming[-1].id
+    assert {d: dep.id for d, dep in store.desired_for("f").items()} == expected
 
 
 # --- retention ----------------------------------------------------------------------------------------

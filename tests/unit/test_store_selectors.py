@@ -23,7 +23,7 @@ def test_selectors_split_into_ids_and_tags() -> None:
     assert split_selector("all") == ([], [])
     assert split_selector("dev-1, tag:pi4,dev-2,,tag:lab") == (["dev-1", "dev-2"], ["pi4", "lab"])
     dep = Deployment(1, "f", DIGEST, "dev-1,tag:pi4", 0)
-    assert dep.explicit_ids == ["dev-1"]
+    assert dep.explicit_ids == {"dev-1"} and dep.tags == {"pi4"}
     assert dep.targets("dev-1") and dep.targets("dev-2", ("lab", "pi4")) and not dep.targets("dev-2", ("lab",))
     assert Deployment(2, "f", DIGEST, "all", 0).targets("anything")
 
