@@ -4,7 +4,6 @@ duplicate windows, tags, retention, migrations, and SQLite shared by concurrent 
 from __future__ import annotations
 
 import random
-
 import sqlite3
 import threading
 from collections.abc import Iterator
