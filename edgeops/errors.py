@@ -172,3 +172,29 @@ class InjectedFault(EdgeOpsError):
     """An inference failed on purpose: a simulated fault (device_agent/simulation.py)."""
 
     code = "injected_fault"
+
+
+# --- the fleet server's HTTP API, seen from the CLI ------------------------------------------------
+
+
+class ServerUnreachableError(EdgeOpsError, ConnectionError):
+    """No answer from the fleet server's HTTP API (refused, unknown host, timed out)."""
+
+    code = "server_unreachable"
+
+
+class AuthenticationError(EdgeOpsError, PermissionError):
+    """The server refused the bearer token (missing, unknown or revoked)."""
+
+    code = "invalid_token"
+
+
+class RemoteRequestError(EdgeOpsError, ValueError):
+    """The server understood the call and refused it (a state conflict, an invalid request)."""
+
+    code = "remote_error"
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

@@ -21,35 +21,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeops.errors import ConfigError, EdgeOpsError, NotFoundError
+from edgeops.errors import (
+    AuthenticationError,
+    ConfigError,
+    EdgeOpsError,
+    NotFoundError,
+    RemoteRequestError,
+    ServerUnreachableError,
+)
 
 SERVER_ENV = "EDGEOPS_SERVER"
 TOKEN_ENV = "EDGEOPS_TOKEN"
 #: Seconds a call may take before the server counts as unreachable.
 DEFAULT_TIMEOUT_S = 10.0
-
-
-class ServerUnreachableError(EdgeOpsError, ConnectionError):
-    """No answer from the fleet server's HTTP API (refused, unknown host, timed out)."""
-
-    code = "server_unreachable"
-
-
-class AuthenticationError(EdgeOpsError, PermissionError):
-    """The server refused the bearer token (missing, unknown or revoked)."""
-
-    code = "invalid_token"
-
-
-class RemoteRequestError(EdgeOpsError, ValueError):
-    """The server understood the call and refused it (a state conflict, an invalid request)."""
-
-    code = "remote_error"
-
-    def __init__(self, message: str, status: int, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class FleetClient(Protocol):

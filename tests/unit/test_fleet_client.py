@@ -12,8 +12,8 @@ import pytest
 
 from edgeops.cli_rollout import TERMINAL_STATES
 from edgeops.cli_telemetry import new_windows, tail_row
-from edgeops.errors import ConfigError, NotFoundError
-from edgeops.fleet_client import AuthenticationError, HttpFleet, RemoteRequestError, _api_error, connect
+from edgeops.errors import AuthenticationError, ConfigError, NotFoundError, RemoteRequestError
+from edgeops.fleet_client import HttpFleet, _api_error, connect
 from fleet_server.rollout import TERMINAL
 
 
