@@ -49,6 +49,10 @@ def test_staged_rollouts_pass_fail_pause_and_survive_a_server_restart(
     wait_until(lambda: len([d for d in store.devices("default") if d.online]) == DEVICES, 60, "devices online")
     edgeops("deploy", "digits:1", "--home", str(home))
     wait_until(lambda: set(_versions(store).values()) == {"1"}, 60, "every device on digits:1")
+    # The latency gate compares with each device's windows on the previous version: start once
+    # every device has committed digits:1 and reported a window on it, not while on probation.
+    wait_until(lambda: all(d.phase == "committed" and (d.last_telemetry or {}).get("model_version") == "1"
+                           for d in store.devices("default")), 60, "every device reporting on digits:1")
 
     # A good version passes every stage; paused it stops assigning, resumed it carries on; a server
     # killed mid-rollout continues from the store.
