@@ -200,12 +200,10 @@ class LocalFleet:
         return self.ops.rollout(rollout_id)
 
     def start_rollout(self, request: dict[str, Any]) -> dict[str, Any]:
-        from fleet_server.rollout import Gates
+        from fleet_server.operations import gates_from_request
 
-        gates = Gates(max_error_rate=request["max_error_rate"], max_latency_ratio=request["max_latency_ratio"],
-                      max_drift_score=request["max_drift"], max_failed_share=request["max_failed_share"],
-                      soak_s=request["soak_s"], silence_timeout_s=request["silence_timeout_s"])
-        return self.ops.start_rollout(request["model"], request["devices"], request["stages"], gates,
+        return self.ops.start_rollout(request["model"], request["devices"], request["stages"],
+                                      gates_from_request(request),
                                       policy=request["policy"], max_concurrent=request["max_concurrent"],
                                       approval=request["approval"], actor=actor(), reason=request["reason"])
 

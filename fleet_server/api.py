@@ -39,12 +39,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeops import __version__
 from edgeops.errors import ConfigError, EdgeOpsError, NotFoundError
 from edgeops.protocol import check_id
-from fleet_server import rollout as logic
 from fleet_server.dashboard.routes import WebOptions
 from fleet_server.dashboard.routes import install as install_dashboard
 from fleet_server.live import LiveBus
 from fleet_server.metrics import IngestCounters
-from fleet_server.operations import FleetOperations, InvalidRequestError, model_view
+from fleet_server.operations import FleetOperations, InvalidRequestError, gates_from_request, model_view
 from fleet_server.store import TAG_PREFIX, Store, check_tag
 from fleet_server.tokens import TokenError, Tokens
 
@@ -168,6 +167,9 @@ class RolloutIn(_Targets):
     max_latency_ratio: float = Field(1.5, gt=0, description="p95 latency against the previous version.")
     max_drift: float | None = Field(None, ge=0, le=1, description="Drift-score gate; null: not gated.")
     max_failed_share: float = Field(0.0, ge=0, le=1, description="Share of failed devices tolerated.")
+    min_inferences: int = Field(20, ge=1, description=(
+        "Inferences the error rate (pooled over a stage) and each device's p95 latency (on the target and on "
+        "the previous version) need before they are judged."))
     silence_timeout_s: float = Field(120.0, gt=0, description="Seconds of silence that make a device failed.")
     max_concurrent: int = Field(0, ge=0, description="Devices updating at once (0: no limit).")
     approval: bool = Field(False, description="Every stage after the first waits for an approve command.")
@@ -362,9 +364,7 @@ def create_app(home: Path, fleet: str, database: Path | str | None = None, *, li
     @app.post(f"{PREFIX}/rollouts", tags=["rollouts"], status_code=201, responses=write_errors)
     def create_rollout(body: RolloutIn, actor: Actor) -> RolloutOut:
         """Start a staged rollout; the running server drives it through its stages and gates."""
-        gates = logic.Gates(max_error_rate=body.max_error_rate, max_latency_ratio=body.max_latency_ratio,
-                            max_drift_score=body.max_drift, max_failed_share=body.max_failed_share,
-                            soak_s=body.soak_s, silence_timeout_s=body.silence_timeout_s)
+        gates = gates_from_request(body.model_dump())
         return RolloutOut(**ops.start_rollout(body.model, body.devices, body.stages, gates, policy=body.policy,
                                               max_concurrent=body.max_concurrent, approval=body.approval,
                                               actor=actor, reason=body.reason))

@@ -60,19 +60,27 @@ class Gates:
     #: Share of failed devices tolerated (judged only once ``min_sample`` devices are resolved).
     max_failed_share: float = 0.0
     min_sample: int = 1
-    #: Mean error rate (errors / (inferences + errors)) on the target over the stage's devices.
+    #: Error rate (errors / (inferences + errors)) on the target, pooled over the stage's devices.
     max_error_rate: float = 0.05
     #: Mean p95 latency on the target divided by the same devices' p95 on their previous version ...
     max_latency_ratio: float = 1.5
     #: ... judged only when the p95 also grew by more than this many milliseconds: at sub-millisecond
     #: latencies the ratio is scheduling noise, not a regression.
     latency_floor_ms: float = 1.0
+    #: Inferences a figure needs before it is judged: the error rate, pooled over the stage's devices;
+    #: a device's p95 latency, on the target *and* on its previous version. A p95 of a handful of
+    #: inferences is the slowest one (a first call, a scheduling hiccup), not the version's latency.
+    min_inferences: int = 20
     #: Mean drift score on the target (0..1 share of drifted features); None: not gated.
     max_drift_score: float | None = None
     #: Seconds every stage device must have run the target before health is judged.
     soak_s: float = 30.0
     #: A device silent for longer than this counts as failed.
     silence_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.min_inferences < 1:
+            raise ConfigError("min_inferences must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,22 @@ class DeviceHealth(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Figures:
+    """A device's telemetry on the rollout's target version (None: no window yet), and before it."""
+
+    error_rate: float | None = None
+    latency_ms_p95: float | None = None
+    drift_score: float | None = None
+    #: Inferences on the target behind those figures, failed ones included ...
+    samples: int = 0
+    #: ... of which this many succeeded (they have a latency).
+    latency_samples: int = 0
+    #: p95 latency on the version before the rollout, same device, and from how many inferences.
+    baseline_latency_ms_p95: float | None = None
+    baseline_samples: int = 0
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the server knows of one selected device, from its reported state and telemetry."""
 
@@ -150,12 +174,7 @@ class Observation:
     active_digest: str | None
     #: The target of the update the device reports working on (if any).
     target_digest: str | None = None
-    #: Telemetry on the rollout's target version (None: no window yet).
-    error_rate: float | None = None
-    latency_ms_p95: float | None = None
-    drift_score: float | None = None
-    #: p95 latency on the version before the rollout, same device.
-    baseline_latency_ms_p95: float | None = None
+    figures: Figures = field(default_factory=Figures)
 
 
 def bucket(rollout_id: str, device_id: str) -> int:
@@ -228,41 +247,107 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+@dataclass(frozen=True)
+class StageFigures:
+    """What the current stage's gates compare, computed once for the driver and the dashboard."""
+
+    members: tuple[str, ...]
+    failed: tuple[str, ...]
+    committed: tuple[str, ...]
+    #: errors / inferences on the target, pooled over the committed devices ...
+    error_rate: float | None
+    #: ... and how many inferences (failed ones included) that rests on.
+    samples: int
+    #: Devices whose error rate is in the pool.
+    rated: int
+    #: Mean p95 ratio and growth (ms) over the devices with enough inferences on both versions.
+    latency_ratio: float | None
+    latency_growth_ms: float | None
+    latency_judged: int
+    #: Devices with a baseline whose latency waits for enough inferences on the target.
+    latency_waiting: tuple[str, ...]
+    drift_score: float | None
+
+    @property
+    def resolved(self) -> int:
+        return len(self.failed) + len(self.committed)
+
+    def error_rate_judged(self, g: Gates) -> bool:
+        return self.error_rate is not None and self.samples >= g.min_inferences
+
+    def failed_share_exceeded(self, g: Gates) -> bool:
+        return self.resolved >= g.min_sample and len(self.failed) / len(self.members) > g.max_failed_share
+
+    def latency_exceeded(self, g: Gates) -> bool:
+        return (self.latency_ratio is not None and self.latency_growth_ms is not None
+                and self.latency_ratio > g.max_latency_ratio and self.latency_growth_ms > g.latency_floor_ms)
+
+
+def stage_figures(rollout: Rollout, observations: dict[str, Observation], now_ms: int) -> StageFigures:
+    """The current stage's figures from the observations of the devices it updated."""
+    g = rollout.stages[rollout.stage_index].gates
+    members = tuple(d for d, s in rollout.assigned.items() if s == rollout.stage_index)
+    health = {d: device_health(observations.get(d), rollout.target_digest, g, now_ms) for d in members}
+    committed = tuple(d for d, h in health.items() if h is DeviceHealth.COMMITTED)
+    on_target = [observations[d].figures for d in committed]
+    rated = [o for o in on_target if o.error_rate is not None and o.samples > 0]
+    samples = sum(o.samples for o in rated)
+    pairs = [pair for pair in (_latency_pair(o, g) for o in on_target) if pair is not None]
+    return StageFigures(
+        members=members,
+        failed=tuple(d for d, h in health.items() if h is DeviceHealth.FAILED),
+        committed=committed,
+        error_rate=sum((o.error_rate or 0.0) * o.samples for o in rated) / samples if samples else None,
+        samples=samples,
+        rated=len(rated),
+        latency_ratio=_mean([p95 / base for p95, base in pairs]),
+        latency_growth_ms=_mean([p95 - base for p95, base in pairs]),
+        latency_judged=len(pairs),
+        latency_waiting=tuple(d for d, o in zip(committed, on_target, strict=True)
+                              if o.baseline_samples >= g.min_inferences and o.latency_samples < g.min_inferences),
+        drift_score=_mean([o.drift_score for o in on_target if o.drift_score is not None]),
+    )
+
+
 def evaluate_stage(rollout: Rollout, observations: dict[str, Observation], now_ms: int) -> StageVerdict:
     """Judge the devices the current stage updated against its gates."""
-    stage = rollout.stages[rollout.stage_index]
-    g = stage.gates
-    members = [d for d, s in rollout.assigned.items() if s == rollout.stage_index]
+    g = rollout.stages[rollout.stage_index].gates
+    f = stage_figures(rollout, observations, now_ms)
+    members, failed, committed = f.members, f.failed, f.committed
     if not members:
         return StageVerdict(False, False, "no devices assigned yet")
-    health = {d: device_health(observations.get(d), rollout.target_digest, g, now_ms) for d in members}
-    failed = [d for d, h in health.items() if h is DeviceHealth.FAILED]
-    committed = [d for d, h in health.items() if h is DeviceHealth.COMMITTED]
-    resolved = len(failed) + len(committed)
-    if resolved >= g.min_sample and len(failed) / len(members) > g.max_failed_share:
+    if f.failed_share_exceeded(g):
         return StageVerdict(False, True, f"{len(failed)} of {len(members)} devices failed "
                             f"(allowed {g.max_failed_share:.0%}): {', '.join(sorted(failed)[:5])}")
-    on_target = [observations[d] for d in committed]
-    error_rate = _mean([o.error_rate for o in on_target if o.error_rate is not None])
-    if error_rate is not None and error_rate > g.max_error_rate:
-        return StageVerdict(False, True, f"error rate {error_rate:.1%} exceeds {g.max_error_rate:.1%}")
-    pairs = [(o.latency_ms_p95, o.baseline_latency_ms_p95) for o in on_target
-             if o.latency_ms_p95 is not None and o.baseline_latency_ms_p95]
-    ratio = _mean([p95 / base for p95, base in pairs])
-    growth = _mean([p95 - base for p95, base in pairs])
-    if ratio is not None and growth is not None and ratio > g.max_latency_ratio and growth > g.latency_floor_ms:
-        return StageVerdict(False, True,
-                            f"p95 latency {ratio:.2f}x the previous version (limit {g.max_latency_ratio}x)")
-    drift = _mean([o.drift_score for o in on_target if o.drift_score is not None])
-    if g.max_drift_score is not None and drift is not None and drift > g.max_drift_score:
-        return StageVerdict(False, True, f"drift score {drift:.2f} exceeds {g.max_drift_score:.2f}")
-    if resolved < len(members) or len(committed) / len(members) < g.min_committed_share:
+    if f.error_rate_judged(g) and f.error_rate is not None and f.error_rate > g.max_error_rate:
+        return StageVerdict(False, True, f"error rate {f.error_rate:.1%} exceeds {g.max_error_rate:.1%} "
+                            f"({f.samples} inferences on {f.rated} device(s))")
+    if f.latency_exceeded(g):
+        return StageVerdict(False, True, f"p95 latency {f.latency_ratio:.2f}x the previous version "
+                            f"(limit {g.max_latency_ratio}x)")
+    if g.max_drift_score is not None and f.drift_score is not None and f.drift_score > g.max_drift_score:
+        return StageVerdict(False, True, f"drift score {f.drift_score:.2f} exceeds {g.max_drift_score:.2f}")
+    if f.resolved < len(members) or len(committed) / len(members) < g.min_committed_share:
         return StageVerdict(False, False, f"{len(committed)} of {len(members)} committed")
     if rollout.stage_settled_ms is None or now_ms - rollout.stage_settled_ms < g.soak_s * 1000:
         return StageVerdict(False, False, "soaking")
-    if not any(o.error_rate is not None for o in on_target):
-        return StageVerdict(False, False, "waiting for telemetry on the target")
-    return StageVerdict(True, False, f"{len(committed)} of {len(members)} committed and healthy")
+    if f.samples < g.min_inferences:
+        return StageVerdict(False, False, f"waiting for telemetry: {f.samples} of {g.min_inferences} "
+                            "inferences on the target")
+    if f.latency_waiting:
+        return StageVerdict(False, False, f"waiting for {g.min_inferences} inferences on the target to judge "
+                            f"the latency of {len(f.latency_waiting)} device(s): "
+                            f"{', '.join(sorted(f.latency_waiting)[:5])}")
+    return StageVerdict(True, False, f"{len(committed)} of {len(members)} committed and healthy "
+                        f"(latency judged on {f.latency_judged})")
+
+
+def _latency_pair(o: Figures, g: Gates) -> tuple[float, float] | None:
+    """(p95 on the target, p95 before), when both rest on enough inferences to mean something."""
+    if (o.latency_ms_p95 is None or not o.baseline_latency_ms_p95
+            or o.latency_samples < g.min_inferences or o.baseline_samples < g.min_inferences):
+        return None
+    return o.latency_ms_p95, o.baseline_latency_ms_p95
 
 
 def _with_state(rollout: Rollout, new: RolloutState, reason: str, actions: list[Action]) -> Rollout:

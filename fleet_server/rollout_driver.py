@@ -21,6 +21,7 @@ from fleet_server.rollout import (
     Assign,
     Decision,
     FailurePolicy,
+    Figures,
     Gates,
     Observation,
     Revert,
@@ -36,14 +37,15 @@ from fleet_server.rollout import (
 from fleet_server.store import ALL_DEVICES, DeviceRow, Store, check_tag, now_ms, split_selector
 
 log = logging.getLogger(__name__)
-#: Telemetry windows per device that the health gates look at.
+#: Telemetry windows per device that the health gates look at, at least; more if they hold fewer
+#: inferences than the stage's ``min_inferences`` (a device that infers once a minute).
 WINDOWS = 5
+#: Windows read per device for the gates (target and previous version together), at most.
+WINDOWS_READ = 50
 LIVE = (RolloutState.RUNNING.value, RolloutState.PAUSED.value, RolloutState.WAITING_FOR_APPROVAL.value)
 
 
-#: A device's gate figures: error rate, p95 latency, drift score on the target; p95 latency before.
-_Figures = tuple[float | None, float | None, float | None, float | None]
-_NO_FIGURES: _Figures = (None, None, None, None)
+_NO_FIGURES = Figures()
 #: Cached gate figures (one per device and newest window) before the cache starts over.
 FIGURES_CACHE_SIZE = 20_000
 
@@ -52,7 +54,7 @@ class RolloutService:
     def __init__(self, store: Store, fleet: str) -> None:
         self.store = store
         self.fleet = fleet
-        self._figures_cache: dict[tuple[object, ...], _Figures] = {}
+        self._figures_cache: dict[tuple[object, ...], Figures] = {}
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -86,6 +88,7 @@ class RolloutService:
         every device's windows on every tick was most of the server's work during a rollout.
         """
         rows = {d.device_id: d for d in self.store.devices(self.fleet)}
+        min_inferences = rollout.stages[rollout.stage_index].gates.min_inferences
         versions: dict[str | None, tuple[str, str] | None] = {}
 
         def version(digest: str | None) -> tuple[str, str] | None:
@@ -100,37 +103,38 @@ class RolloutService:
                 continue
             judged = (rollout.assigned.get(device_id) == rollout.stage_index and row.phase == "committed"
                       and row.active_digest == rollout.target_digest)
-            figures = (self._figures(row, version(rollout.target_digest), version(rollout.previous.get(device_id)))
-                       if judged else _NO_FIGURES)
-            out[device_id] = Observation(
-                device_id=device_id,
-                online=row.online,
-                last_seen_ms=row.last_seen_ms,
-                phase=row.phase,
-                active_digest=row.active_digest,
-                error_rate=figures[0],
-                latency_ms_p95=figures[1],
-                drift_score=figures[2],
-                baseline_latency_ms_p95=figures[3],
-            )
+            figures = (self._figures(row, version(rollout.target_digest), version(rollout.previous.get(device_id)),
+                                     min_inferences) if judged else _NO_FIGURES)
+            out[device_id] = Observation(device_id=device_id, online=row.online, last_seen_ms=row.last_seen_ms,
+                                         phase=row.phase, active_digest=row.active_digest, figures=figures)
         return out
 
-    def _figures(self, row: DeviceRow, target: tuple[str, str] | None,
-                 previous: tuple[str, str] | None) -> _Figures:
-        """Error rate, p95 latency and drift on the target, and p95 latency before it (cached per window)."""
+    def _figures(self, row: DeviceRow, target: tuple[str, str] | None, previous: tuple[str, str] | None,
+                 min_inferences: int) -> Figures:
+        """The device's newest windows on the target and on the version before (cached per window).
+
+        At least WINDOWS windows on each side (the p95 is their windows' median, so one slow
+        window does not decide), more while they hold fewer than ``min_inferences``.
+        """
         newest = (row.last_telemetry or {}).get("window_id")
-        key = (row.device_id, row.last_telemetry_ms, newest, target, previous)
+        key = (row.device_id, row.last_telemetry_ms, newest, target, previous, min_inferences)
         cached = self._figures_cache.get(key)
         if cached is not None:
             return cached
-        windows = self.store.telemetry_windows(self.fleet, row.device_id, limit=50)
-        on_target = [w for w in windows if (w.get("model"), w.get("model_version")) == target][:WINDOWS]
-        before = [w for w in windows if previous and (w.get("model"), w.get("model_version")) == previous]
-        inferences = sum(int(w.get("inferences", 0)) for w in on_target)
-        errors = sum(int(w.get("errors", 0)) for w in on_target)
-        figures = (errors / (inferences + errors) if inferences + errors else None,
-                   _median(on_target, "latency_ms_p95"), _median(on_target, "drift_score"),
-                   _median(before[:WINDOWS], "latency_ms_p95"))
+        windows = self.store.telemetry_windows(self.fleet, row.device_id, limit=WINDOWS_READ)
+        on_target = _newest(windows, target, min_inferences)
+        before = _newest(windows, previous, min_inferences) if previous else []
+        inferences = sum(_count(w, "inferences") for w in on_target)
+        errors = sum(_count(w, "errors") for w in on_target)
+        figures = Figures(
+            error_rate=errors / (inferences + errors) if inferences + errors else None,
+            latency_ms_p95=_median(on_target, "latency_ms_p95"),
+            drift_score=_median(on_target, "drift_score"),
+            samples=inferences + errors,
+            latency_samples=inferences,
+            baseline_latency_ms_p95=_median(before, "latency_ms_p95"),
+            baseline_samples=sum(_count(w, "inferences") for w in before),
+        )
         if len(self._figures_cache) >= FIGURES_CACHE_SIZE:
             self._figures_cache.clear()  # stale keys of earlier windows; cheap to rebuild
         self._figures_cache[key] = figures
@@ -259,6 +263,27 @@ class RolloutService:
 
 def new_rollout_id() -> str:
     return "r-" + uuid.uuid4().hex[:8]
+
+
+def _count(window: dict[str, object], key: str) -> int:
+    value = window.get(key)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def _newest(windows: list[dict[str, object]], version: tuple[str, str] | None,
+            min_inferences: int) -> list[dict[str, object]]:
+    """The newest windows (``windows`` is newest first) of ``version``: WINDOWS of them, or more
+    until they hold ``min_inferences`` inferences (failed ones included)."""
+    out: list[dict[str, object]] = []
+    seen = 0
+    for w in windows:
+        if (w.get("model"), w.get("model_version")) != version:
+            continue
+        if len(out) >= WINDOWS and seen >= min_inferences:
+            break
+        out.append(w)
+        seen += _count(w, "inferences") + _count(w, "errors")
+    return out
 
 
 def _median(windows: list[dict[str, object]], key: str) -> float | None:

@@ -44,35 +44,19 @@ UPDATE_HISTORY = 50
 # --- rollouts -------------------------------------------------------------------------------------
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def gate_values(rollout: logic.Rollout, observations: dict[str, logic.Observation], now: int) -> list[dict[str, Any]]:
     """Each gate of the current stage: its current value, threshold and whether it passes now.
 
-    ``ok`` is None while there is nothing to judge (no device resolved, no telemetry yet) and, for
-    the gates a stage *waits* for (committed share, soak time), while they are not reached yet: those
-    hold a stage back, they never fail it. The values are the ones
-    :func:`fleet_server.rollout.evaluate_stage` compares, so what the page shows is what the driver
-    decides on.
+    ``ok`` is None while there is nothing to judge (no device resolved, fewer inferences than the
+    stage's ``min_inferences``) and, for the gates a stage *waits* for (committed share, soak time),
+    while they are not reached yet: those hold a stage back, they never fail it. The figures are
+    :func:`fleet_server.rollout.stage_figures`, the ones the driver decides on.
     """
-    stage = rollout.stages[rollout.stage_index]
-    g = stage.gates
-    members = [d for d, s in rollout.assigned.items() if s == rollout.stage_index]
-    health = {d: logic.device_health(observations.get(d), rollout.target_digest, g, now) for d in members}
-    failed = [d for d, h in health.items() if h is logic.DeviceHealth.FAILED]
-    committed = [d for d, h in health.items() if h is logic.DeviceHealth.COMMITTED]
-    resolved = len(failed) + len(committed)
-    on_target = [observations[d] for d in committed if d in observations]
-    committed_share = len(committed) / len(members) if members else None
-    failed_share = len(failed) / len(members) if members else None
-    error_rate = _mean([o.error_rate for o in on_target if o.error_rate is not None])
-    pairs = [(o.latency_ms_p95, o.baseline_latency_ms_p95) for o in on_target
-             if o.latency_ms_p95 is not None and o.baseline_latency_ms_p95]
-    ratio = _mean([p95 / base for p95, base in pairs if base is not None])
-    growth = _mean([p95 - base for p95, base in pairs if base is not None])
-    drift = _mean([o.drift_score for o in on_target if o.drift_score is not None])
+    g = rollout.stages[rollout.stage_index].gates
+    f = logic.stage_figures(rollout, observations, now)
+    members = len(f.members)
+    committed_share = len(f.committed) / members if members else None
+    failed_share = len(f.failed) / members if members else None
     soaked = (now - rollout.stage_settled_ms) / 1000 if rollout.stage_settled_ms is not None else None
 
     def gate(name: str, label: str, value: float | None, threshold: float | None, op: str,
@@ -84,14 +68,14 @@ def gate_values(rollout: logic.Rollout, observations: dict[str, logic.Observatio
         gate("committed", "committed share", committed_share, g.min_committed_share, ">=",
              True if committed_share is not None and committed_share >= g.min_committed_share else None),
         gate("failed", "failed share", failed_share, g.max_failed_share, "<=",
-             not (resolved >= g.min_sample and failed_share is not None and failed_share > g.max_failed_share)),
-        gate("error_rate", "error rate", error_rate, g.max_error_rate, "<=",
-             error_rate is not None and error_rate <= g.max_error_rate),
-        gate("latency_ratio", "p95 latency vs previous", ratio, g.max_latency_ratio, "<=",
-             not (ratio is not None and growth is not None and ratio > g.max_latency_ratio
-                  and growth > g.latency_floor_ms)),
-        gate("drift", "drift score", drift, g.max_drift_score, "<=",
-             drift is not None and g.max_drift_score is not None and drift <= g.max_drift_score),
+             not (members and f.failed_share_exceeded(g))),
+        gate("error_rate", f"error rate ({f.samples} of {g.min_inferences} inferences)", f.error_rate,
+             g.max_error_rate, "<=",
+             (f.error_rate is not None and f.error_rate <= g.max_error_rate) if f.error_rate_judged(g) else None),
+        gate("latency_ratio", f"p95 latency vs previous ({f.latency_judged} devices)", f.latency_ratio,
+             g.max_latency_ratio, "<=", not f.latency_exceeded(g)),
+        gate("drift", "drift score", f.drift_score, g.max_drift_score, "<=",
+             f.drift_score is not None and g.max_drift_score is not None and f.drift_score <= g.max_drift_score),
         gate("soak", "soak time (s)", soaked, g.soak_s, ">=",
              True if soaked is not None and soaked >= g.soak_s else None),
     ]

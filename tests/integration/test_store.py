@@ -161,6 +161,36 @@ def test_devices_are_what_they_reported(store: Store) -> None:
         store.device("f", "dev-z")
 
 
+@pytest.mark.parametrize(("min_inferences", "target_windows", "baseline_windows"), [(4, 5, 5), (20, 6, 7)])
+def test_gate_figures_read_enough_windows_of_each_version(store: Store, min_inferences: int, target_windows: int,
+                                                          baseline_windows: int) -> None:
+    """Five windows per version at least, more while they hold fewer than min_inferences."""
+    from fleet_server.rollout import Gates, Rollout, RolloutState, Stage
+    from fleet_server.rollout_driver import RolloutService
+
+    store.add_model(model_row("1", DIGEST_1), "{}")
+    store.add_model(model_row("2", DIGEST_2, created_at="2024-02-01T00:00:00Z"), "{}")
+    store.record_reported("f", Reported(device_id="dev-a", ts=1, phase=UpdatePhase.COMMITTED,
+                                        active=BundleRef(name="digits", version="2", digest=DIGEST_2)), 1)
+    windows = [Telemetry(device_id="dev-a", window_id=f"dev-a:v1:{i}", ts=1_000 + i, window_s=1.0, model="digits",
+                         model_version="1", inferences=3, latency_ms_p95=1.0 + i / 100) for i in range(8)]
+    # On version 2, newest last: one slow window among fast ones, one failed inference.
+    windows += [Telemetry(device_id="dev-a", window_id=f"dev-a:v2:{i}", ts=2_000 + i, window_s=1.0, model="digits",
+                          model_version="2", inferences=2, errors=1 if i == 5 else 0,
+                          latency_ms_p95=9.0 if i == 4 else 2.0) for i in range(6)]
+    store.record_telemetry_batch("f", windows, 3_000)
+    gates = Gates(min_inferences=min_inferences)
+    rollout = Rollout(id="r-1", target_digest=DIGEST_2, stages=(Stage("all", percent=100, gates=gates),),
+                      state=RolloutState.RUNNING, assigned={"dev-a": 0}, previous={"dev-a": DIGEST_1})
+    o = RolloutService(store, "f").observations(rollout, ["dev-a"])["dev-a"].figures
+    assert o.samples == 2 * target_windows + 1 and o.latency_samples == 2 * target_windows
+    assert o.error_rate == pytest.approx(1 / o.samples)
+    assert o.latency_ms_p95 == 2.0  # the median window: one slow window does not decide
+    assert o.baseline_samples == 3 * baseline_windows
+    newest_baseline = [1.0 + i / 100 for i in range(8)][-baseline_windows:]
+    assert o.baseline_latency_ms_p95 == pytest.approx(sorted(newest_baseline)[len(newest_baseline) // 2])
+
+
 def test_telemetry_batches_drop_duplicate_windows(store: Store) -> None:
     batch = [window("dev-a", 1, 1_000), window("dev-a", 2, 2_000), window("dev-a", 1, 1_000),  # in-batch dup
              window("dev-b", 1, 1_500)]

@@ -29,7 +29,16 @@ from edgeops.transport import BrokerAddress, Inbound
 from fleet_server.config import ServerConfig
 from fleet_server.dashboard.views import RolloutRelay, gate_values
 from fleet_server.live import LiveBus, LiveKind, LiveMessage, Subscription, relay, sse_frame, sse_stream
-from fleet_server.rollout import DeviceHealth, Gates, Observation, Rollout, RolloutState, Stage, device_health
+from fleet_server.rollout import (
+    DeviceHealth,
+    Figures,
+    Gates,
+    Observation,
+    Rollout,
+    RolloutState,
+    Stage,
+    device_health,
+)
 from fleet_server.server import FleetServer
 
 DIGEST = "d" * 64
@@ -293,10 +302,13 @@ def test_the_server_publishes_ingested_messages_and_counts_them(tmp_path: Path) 
 
 
 def obs(device: str, *, committed: bool = True, error_rate: float | None = 0.01, p95: float | None = 2.0,
-        base: float | None = 2.0, drift: float | None = 0.1, last_seen_ms: int = 100_000) -> Observation:
+        base: float | None = 2.0, drift: float | None = 0.1, last_seen_ms: int = 100_000,
+        samples: int = 50) -> Observation:
+    figures = Figures(error_rate=error_rate, latency_ms_p95=p95, drift_score=drift, baseline_latency_ms_p95=base,
+                      samples=samples, latency_samples=samples, baseline_samples=samples)
     return Observation(device_id=device, online=True, last_seen_ms=last_seen_ms,
                        phase="committed" if committed else "probation", active_digest=DIGEST if committed else OLD,
-                       error_rate=error_rate, latency_ms_p95=p95, drift_score=drift, baseline_latency_ms_p95=base)
+                       figures=figures)
 
 
 def test_gate_values_show_what_the_driver_judges() -> None:
@@ -311,6 +323,12 @@ def test_gate_values_show_what_the_driver_judges() -> None:
     assert values["error_rate"]["value"] == pytest.approx(0.105) and values["error_rate"]["ok"] is False
     assert values["latency_ratio"]["value"] == pytest.approx(1.75) and values["latency_ratio"]["ok"] is False
     assert values["drift"]["value"] == pytest.approx(0.1) and values["drift"]["ok"] is True
+    assert values["error_rate"]["label"] == "error rate (100 of 20 inferences)"
+    # Too few inferences: the values show, but nothing is judged yet (what the driver does too).
+    thin = {"a": obs("a", samples=5), "b": obs("b", p95=5.0, error_rate=0.2, samples=5)}
+    values = {g["name"]: g for g in gate_values(rollout, thin, now)}
+    assert values["error_rate"]["value"] == pytest.approx(0.105) and values["error_rate"]["ok"] is None
+    assert values["latency_ratio"]["value"] is None and values["latency_ratio"]["ok"] is None
     # Soak and committed share hold a stage back, never fail it: unmet means "waiting" (None).
     assert values["soak"]["value"] == 10 and values["soak"]["threshold"] == 30 and values["soak"]["ok"] is None
     # A device still updating: committed share below the gate; nothing measured yet means "not judged".

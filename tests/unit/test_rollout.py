@@ -12,6 +12,7 @@ from edgeops.errors import ConfigError
 from fleet_server.rollout import (
     Assign,
     FailurePolicy,
+    Figures,
     Gates,
     Observation,
     Revert,
@@ -30,6 +31,8 @@ OLD, NEW = "o" * 64, "n" * 64
 NOW = 1_000_000
 FAST = Gates(soak_s=10, silence_timeout_s=60)
 DEVICES = [f"d{i:02d}" for i in range(20)]
+#: Inferences enough for every gate to judge (FAST.min_inferences is the default 20).
+PLENTY = {"samples": 50, "latency_samples": 50, "baseline_samples": 50}
 
 
 def rollout(**kw: object) -> Rollout:
@@ -39,9 +42,9 @@ def rollout(**kw: object) -> Rollout:
     return replace(start(base).rollout, **kw)  # type: ignore[arg-type]
 
 
-def obs(device: str, digest: str = OLD, phase: str = "committed", now: int = NOW, **kw: object) -> Observation:
+def obs(device: str, digest: str = OLD, phase: str = "committed", now: int = NOW, **figures: object) -> Observation:
     return Observation(device_id=device, online=True, last_seen_ms=now, phase=phase, active_digest=digest,
-                       **kw)  # type: ignore[arg-type]
+                       figures=Figures(**figures))  # type: ignore[arg-type]
 
 
 def fleet_on(digest_of: dict[str, str], now: int = NOW, **kw: object) -> dict[str, Observation]:
@@ -55,7 +58,7 @@ def drive(r: Rollout, healthy: bool = True, steps: int = 60) -> Rollout:
     for _ in range(steps):
         observations = {
             d: obs(d, running.get(d, OLD), now=now, error_rate=0.0 if healthy else 0.5, latency_ms_p95=1.0,
-                   baseline_latency_ms_p95=1.0)
+                   baseline_latency_ms_p95=1.0, **PLENTY)
             for d in DEVICES
         }
         decision = decide(r, DEVICES, observations, now)
@@ -114,14 +117,102 @@ def test_latency_gate_against_the_previous_version() -> None:
     (device,) = first.rollout.assigned
     observations = fleet_on({})
     # Sub-millisecond jitter (3x, but only +0.2 ms) is not a regression ...
-    observations[device] = obs(device, NEW, error_rate=0.0, latency_ms_p95=0.3, baseline_latency_ms_p95=0.1)
+    observations[device] = obs(device, NEW, error_rate=0.0, latency_ms_p95=0.3, baseline_latency_ms_p95=0.1,
+                               **PLENTY)
     assert decide(first.rollout, DEVICES, observations, NOW + 1).rollout.state is RolloutState.RUNNING
     # ... 3x and +2 ms is.
-    observations[device] = obs(device, NEW, error_rate=0.0, latency_ms_p95=3.0, baseline_latency_ms_p95=1.0)
+    observations[device] = obs(device, NEW, error_rate=0.0, latency_ms_p95=3.0, baseline_latency_ms_p95=1.0,
+                               **PLENTY)
     result = decide(first.rollout, DEVICES, observations, NOW + 1)
     assert result.rollout.state is RolloutState.ROLLED_BACK and "latency" in result.rollout.reason
     reverts = [a for a in result.actions if isinstance(a, Revert)]
     assert reverts and reverts[0].targets == ((device, OLD),)
+
+
+def _canary_on_target(**figures: object) -> tuple[Rollout, dict[str, Observation], str]:
+    """The canary assigned, committed on the target and soaked, with these gate figures."""
+    first = decide(rollout(), DEVICES, fleet_on({}), NOW)
+    (device,) = first.rollout.assigned
+    observations = fleet_on({})
+    observations[device] = obs(device, NEW, **figures)
+    settled = decide(first.rollout, DEVICES, observations, NOW).rollout
+    return settled, observations, device
+
+
+@pytest.mark.parametrize(
+    ("latency_samples", "baseline_samples", "judged"),
+    [
+        (50, 50, True),
+        (20, 20, True),  # exactly min_inferences on both sides
+        (19, 50, False),  # the target's p95 rests on too few inferences ...
+        (50, 19, False),  # ... or the previous version's does
+        (3, 1, False),  # right after an update: a p95 of 3 is the slowest of 3
+    ],
+)
+def test_latency_is_judged_only_on_enough_inferences_on_both_versions(
+    latency_samples: int, baseline_samples: int, judged: bool
+) -> None:
+    settled, observations, _ = _canary_on_target(
+        error_rate=0.0, samples=latency_samples, latency_samples=latency_samples, latency_ms_p95=14.0,
+        baseline_latency_ms_p95=1.0, baseline_samples=baseline_samples)
+    result = decide(settled, DEVICES, observations, NOW + 1)
+    if judged:
+        assert result.rollout.state is RolloutState.ROLLED_BACK and "latency" in result.rollout.reason
+    else:
+        assert result.rollout.state is RolloutState.RUNNING
+
+
+def test_error_rate_is_pooled_over_the_stage_and_judged_on_enough_inferences() -> None:
+    stages = (Stage("half", percent=50, gates=FAST), Stage("all", percent=100, gates=FAST))
+    r = decide(start(Rollout(id="r3", target_digest=NEW, stages=stages)).rollout, DEVICES, fleet_on({}), NOW).rollout
+    members = list(r.assigned)
+    assert len(members) == 10
+
+    def with_errors(per_device: int) -> RolloutState:
+        observations = fleet_on({d: NEW for d in members})
+        for d in members:
+            observations[d] = obs(d, NEW, error_rate=0.5, samples=per_device, latency_samples=per_device // 2)
+        return decide(r, DEVICES, observations, NOW + 1).rollout.state
+
+    assert with_errors(1) is RolloutState.RUNNING  # 10 inferences over the stage: not yet judged
+    assert with_errors(2) is RolloutState.ROLLED_BACK  # 20 pooled: judged, though no device alone has 20
+
+
+def test_a_stage_passes_only_once_its_figures_rest_on_enough_inferences() -> None:
+    # Soaked and healthy, but only 5 inferences on the target so far: wait.
+    settled, observations, device = _canary_on_target(error_rate=0.0, samples=5, latency_samples=5,
+                                                     latency_ms_p95=1.0, baseline_latency_ms_p95=1.0,
+                                                     baseline_samples=50)
+    later = NOW + 11_000
+    waiting = decide(settled, DEVICES, observations, later)
+    assert waiting.rollout.stage_index == 0 and not waiting.actions
+    # 20 inferences pooled, but the device has a baseline and its latency is not judged yet: wait.
+    def with_figures(**changes: object) -> Observation:
+        o = observations[device]
+        return replace(o, figures=replace(o.figures, **changes))  # type: ignore[arg-type]
+
+    observations[device] = with_figures(samples=20, latency_samples=19)
+    assert decide(settled, DEVICES, observations, later).rollout.stage_index == 0
+    # Judged on both: the canary passes.
+    observations[device] = with_figures(latency_samples=20)
+    assert decide(settled, DEVICES, observations, later).rollout.stage_index == 1
+    # A device with no baseline worth judging (a first install) does not hold the stage.
+    observations[device] = with_figures(latency_samples=5, baseline_samples=0)
+    assert decide(settled, DEVICES, observations, later).rollout.stage_index == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 19), st.floats(0, 1), st.floats(0, 1000)), min_size=1, max_size=20))
+def test_too_few_inferences_never_fail_a_stage(figures: list[tuple[int, float, float]]) -> None:
+    """Whatever the figures, a stage whose pooled inferences are under min_inferences is not judged."""
+    stages = (Stage("all", percent=100, gates=replace(FAST, min_inferences=1000)),)
+    r = decide(start(Rollout(id="r4", target_digest=NEW, stages=stages)).rollout, DEVICES, fleet_on({}), NOW).rollout
+    observations = fleet_on({d: NEW for d in DEVICES})
+    for d, (n, rate, p95) in zip(DEVICES, figures, strict=False):
+        observations[d] = obs(d, NEW, error_rate=rate, samples=n, latency_samples=n, latency_ms_p95=p95,
+                              baseline_latency_ms_p95=0.01, baseline_samples=n)
+    result = decide(r, DEVICES, observations, NOW + 60_000)
+    assert result.rollout.state is RolloutState.RUNNING and not result.actions
 
 
 def test_approval_stage_waits_for_an_operator() -> None:
@@ -176,3 +267,14 @@ def test_records_round_trip_and_stages_parse() -> None:
         ("canary", 1, None), ("stage 2 (10%)", None, 10.0), ("wave", None, 50.0), ("stage 4 (100%)", None, 100.0)]
     with pytest.raises(ConfigError):
         parse_stages("canary:one", FAST)
+
+
+def test_records_stored_before_min_inferences_load_with_the_default() -> None:
+    from fleet_server.rollout import rollout_from_dict, rollout_to_dict
+
+    record = rollout_to_dict(rollout())
+    for stage in record["stages"]:  # type: ignore[attr-defined]
+        del stage["gates"]["min_inferences"]
+    assert all(s.gates.min_inferences == 20 for s in rollout_from_dict(record).stages)
+    with pytest.raises(ConfigError, match="min_inferences"):
+        Gates(min_inferences=0)
