@@ -6,7 +6,6 @@ ends in one line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -40,6 +39,7 @@ from edgeops.cli_rollout import audit_app, rollout_app
 from edgeops.cli_telemetry import telemetry_app
 from edgeops.cli_token import token_app
 from edgeops.errors import ConfigError, EdgeOpsError
+from edgeops.log_config import configure_logging
 
 app = typer.Typer(
     help="EdgeOps: package, push and watch ML models on fleets of small devices over MQTT.",
@@ -56,20 +56,12 @@ app.add_typer(token_app, name="token")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(db_app, name="db")
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @app.callback()
 def _main(
     log_level: Annotated[str, typer.Option("--log-level", envvar="EDGEOPS_LOG_LEVEL")] = "info",
     db: DbOpt = None,
 ) -> None:
-    _setup_logging(log_level)
+    configure_logging(log_level)
     if db:
         os.environ[DB_URL_ENV] = db  # every subcommand, and the processes they start, use this store
 
@@ -252,10 +244,12 @@ def simulate(
     simulate_drift: Annotated[str, typer.Option(help="Drift in the input, e.g. shift:1.5@200.")] = "none",
     simulate_faults: Annotated[str, typer.Option(help="Injected faults, e.g. latency=5,errors=0.1.")] = "",
     faults_version: Annotated[str, typer.Option(help="Only while this version serves.")] = "",
+    processes: Annotated[int, typer.Option(
+        help="Processes to split the devices over (0 = one per 250 devices, at most two per CPU).", min=0)] = 0,
 ) -> None:
-    """Run many simulated devices in one process (one network loop, no thread per device)."""
+    """Run many simulated devices: one network loop per process, no thread per device."""
     from device_agent.config import AgentConfig
-    from device_agent.simulator import Simulator, device_configs
+    from device_agent.simulator import device_configs, run_simulation
     from edgeops.transport import BrokerAddress
 
     template = AgentConfig(
@@ -266,7 +260,9 @@ def simulate(
         simulate_drift=simulate_drift, simulate_faults=simulate_faults, simulate_faults_version=faults_version,
         spool_durability="normal",
     )
-    Simulator(device_configs(template, devices, prefix, data_root)).run(_stop_on_signals())
+    status = run_simulation(device_configs(template, devices, prefix, data_root), processes, _stop_on_signals())
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
