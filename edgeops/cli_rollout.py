@@ -41,6 +41,8 @@ def rollout_start(
     max_latency_ratio: Annotated[float, typer.Option(help="p95 latency vs the previous version.")] = 1.5,
     max_drift: Annotated[float | None, typer.Option(help="Drift-score gate (share of drifted features).")] = None,
     max_failed_share: Annotated[float, typer.Option(help="Share of failed devices tolerated.")] = 0.0,
+    min_sample: Annotated[int, typer.Option(
+        help="Devices resolved (committed or failed) before the failed share is judged.", min=1)] = 1,
     min_inferences: Annotated[int, typer.Option(
         help="Inferences the error rate (pooled over a stage) and a device's p95 latency (on the target and the "
              "previous version) need before they are judged.", min=1)] = 20,
@@ -59,7 +61,7 @@ def rollout_start(
         raise ConfigError(f"--policy must be rollback or pause, got {policy!r}")
     request = {"model": model, "devices": devices, "stages": stages, "policy": policy, "soak_s": soak,
                "max_error_rate": max_error_rate, "max_latency_ratio": max_latency_ratio, "max_drift": max_drift,
-               "max_failed_share": max_failed_share, "min_inferences": min_inferences,
+               "max_failed_share": max_failed_share, "min_sample": min_sample, "min_inferences": min_inferences,
                "silence_timeout_s": silence_timeout,
                "max_concurrent": max_concurrent, "approval": approval, "reason": reason}
     summary = fleet_client(home, fleet, server, token).start_rollout(request)

@@ -167,6 +167,8 @@ class RolloutIn(_Targets):
     max_latency_ratio: float = Field(1.5, gt=0, description="p95 latency against the previous version.")
     max_drift: float | None = Field(None, ge=0, le=1, description="Drift-score gate; null: not gated.")
     max_failed_share: float = Field(0.0, ge=0, le=1, description="Share of failed devices tolerated.")
+    min_sample: int = Field(1, ge=1, description="Devices resolved (committed or failed) before the failed share "
+                            "is judged.")
     min_inferences: int = Field(20, ge=1, description=(
         "Inferences the error rate (pooled over a stage) and each device's p95 latency (on the target and on "
         "the previous version) need before they are judged."))

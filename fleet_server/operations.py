@@ -39,8 +39,8 @@ def gates_from_request(request: Mapping[str, Any]) -> logic.Gates:
     """A rollout request's gate fields (the API's ``RolloutIn``, the CLI's options) as Gates."""
     return logic.Gates(max_error_rate=request["max_error_rate"], max_latency_ratio=request["max_latency_ratio"],
                        max_drift_score=request["max_drift"], max_failed_share=request["max_failed_share"],
-                       min_inferences=request["min_inferences"], soak_s=request["soak_s"],
-                       silence_timeout_s=request["silence_timeout_s"])
+                       min_sample=request["min_sample"], min_inferences=request["min_inferences"],
+                       soak_s=request["soak_s"], silence_timeout_s=request["silence_timeout_s"])
 
 
 def device_view(row: DeviceRow) -> dict[str, Any]:

@@ -79,8 +79,8 @@ class Gates:
     silence_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.min_inferences < 1:
-            raise ConfigError("min_inferences must be at least 1")
+        if self.min_inferences < 1 or self.min_sample < 1:
+            raise ConfigError("min_inferences and min_sample must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_http_api_with_tokens_deployments_rollouts_and_audit(
 
     # A rollout: created, paused, resumed; commands its state does not allow are refused.
     rollout = api.post("/rollouts", {"model": "digits:2", "devices": "all", "stages": "canary:1", "soak_s": 600,
-                                     "reason": "new weights"}, 201)
+                                     "min_inferences": 7, "min_sample": 2, "reason": "new weights"}, 201)
     assert rollout["state"] == "running" and rollout["target"] == "digits:2" and rollout["stages"][0]["count"] == 1
     rid = rollout["id"]
     assert api.post(f"/rollouts/{rid}/pause", {"reason": "looking at the canary"})["state"] == "paused"
@@ -141,7 +141,7 @@ def test_http_api_with_tokens_deployments_rollouts_and_audit(
         status, body = api.call("POST", f"{API}/deployments", bad)
         assert status == 422 and body["error"]["code"] == "invalid_request", (bad, body)
     for bad in ({"model": "digits:2", "stages": "150%"}, {"model": "digits:2", "policy": "panic"},
-                {"model": "digits:2", "max_error_rate": 2}):
+                {"model": "digits:2", "max_error_rate": 2}, {"model": "digits:2", "min_inferences": 0}):
         status, body = api.call("POST", f"{API}/rollouts", bad)
         assert status == 422, (bad, body)
     status, body = api.call("POST", f"{API}/rollouts/{rid}/jump", {})
@@ -152,7 +152,8 @@ def test_http_api_with_tokens_deployments_rollouts_and_audit(
     mine = {(a["action"], a["target"]): a for a in audit if a["actor"] == "ci-bot"}
     assert mine[("deploy", f"deployment-{dep['id']}")]["reason"] == "first install"
     assert mine[("deploy", f"deployment-{dep['id']}")]["details"]["model"] == "digits:1"
-    assert ("rollout_create", rid) in mine
+    created_gates = mine[("rollout_create", rid)]["details"]["stages"][0]["gates"]
+    assert (created_gates["min_inferences"], created_gates["min_sample"], created_gates["soak_s"]) == (7, 2, 600)
     assert mine[("rollout_pause", rid)]["reason"] == "looking at the canary"
     assert "canary fine" in mine[("rollout_resume", rid)]["reason"]
     assert {a["action"] for a in audit if a["target"].startswith("token:")} == {"token_create", "token_revoke"}

@@ -201,6 +201,32 @@ def test_a_stage_passes_only_once_its_figures_rest_on_enough_inferences() -> Non
     assert decide(settled, DEVICES, observations, later).rollout.stage_index == 1
 
 
+@pytest.mark.parametrize(("failed", "committed", "min_sample", "max_failed_share", "fails"), [
+    (1, 0, 1, 0.0, True),  # the default: one failed device fails a stage that tolerates none
+    (1, 0, 3, 0.0, False),  # one resolved of the three the share needs: not judged yet
+    (1, 2, 3, 0.0, True),  # three resolved, one failed: 10 % of ten members > 0 %
+    (1, 4, 5, 0.1, False),  # 10 % failed, 10 % tolerated
+    (2, 3, 5, 0.1, True),  # 20 % failed
+])
+def test_failed_share_is_judged_after_a_minimum_sample(failed: int, committed: int, min_sample: int,
+                                                       max_failed_share: float, fails: bool) -> None:
+    gates = replace(FAST, min_sample=min_sample, max_failed_share=max_failed_share)
+    stages = (Stage("half", percent=50, gates=gates), Stage("all", percent=100, gates=gates))
+    r = decide(start(Rollout(id="r5", target_digest=NEW, stages=stages)).rollout, DEVICES, fleet_on({}), NOW).rollout
+    members = sorted(r.assigned)
+    observations = fleet_on({})
+    for d in members[:failed]:
+        observations[d] = obs(d, OLD, phase="failed")
+    for d in members[failed:failed + committed]:
+        observations[d] = obs(d, NEW, error_rate=0.0, **PLENTY)
+    for d in members[failed + committed:]:
+        observations[d] = obs(d, OLD, phase="fetching")
+    result = decide(r, DEVICES, observations, NOW + 1)
+    assert (result.rollout.state is RolloutState.ROLLED_BACK) is fails
+    if fails:
+        assert f"{failed} of {len(members)} devices failed" in result.rollout.reason
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 19), st.floats(0, 1), st.floats(0, 1000)), min_size=1, max_size=20))
 def test_too_few_inferences_never_fail_a_stage(figures: list[tuple[int, float, float]]) -> None:
@@ -278,3 +304,5 @@ def test_records_stored_before_min_inferences_load_with_the_default() -> None:
     assert all(s.gates.min_inferences == 20 for s in rollout_from_dict(record).stages)
     with pytest.raises(ConfigError, match="min_inferences"):
         Gates(min_inferences=0)
+    with pytest.raises(ConfigError, match="min_sample"):
+        Gates(min_sample=0)
