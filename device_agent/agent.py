@@ -28,14 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device_agent.config import AgentConfig
 from device_agent.probation import ProbationPolicy, ProbationTracker, Verdict
 from device_agent.resources import ResourceSampler
-from device_agent.simulation import DriftSpec, FaultInjector, FaultSpec, InjectedFault, InputStream, make_input_stream
 from device_agent.spool import SpoolWriteError, TelemetrySpool
 from device_agent.state import SLOTS, UpdateRecord, load_state, other_slot, save_state
 from device_agent.trust import Trust
@@ -50,6 +49,7 @@ from edgeops.errors import (
     DriftError,
     EdgeOpsError,
     InferenceInputError,
+    InjectedFault,
     ManifestError,
     ModelLoadError,
     ProtocolError,
@@ -92,6 +92,9 @@ from edgeops.runtime import Model, load_model, run_smoke_test
 from edgeops.schema import Message
 from edgeops.transfer import ChunkStore, fsync_write
 from edgeops.transport import DropLog, Inbound, LinkChange, MqttTransport, PublishAck, Will
+
+if TYPE_CHECKING:
+    from device_agent.simulation import FaultInjector, InputStream
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +190,11 @@ class Agent:
         self._next_inference = 0.0
         self._inputs: InputStream | None = None
         self.api: Any = None  # LocalApiServer, imported only when configured (http.server costs RSS)
-        faults = FaultSpec.parse(config.simulate_faults) if config.simulate_faults else None
-        self._faults = FaultInjector(faults, seed=config.seed) if faults else None
+        self._faults: FaultInjector | None = None
+        if config.simulate_faults:  # simulated devices only: a real one does not carry that code
+            from device_agent.simulation import FaultInjector, FaultSpec
+
+            self._faults = FaultInjector(FaultSpec.parse(config.simulate_faults), seed=config.seed)
         fleet, device = config.fleet, config.device_id
         self._status_topic = device_topic(fleet, device, DeviceChannel.STATUS)
         self.transport = MqttTransport(
@@ -811,6 +817,8 @@ class Agent:
         self.transport.subscribe(self._topic(DeviceChannel.DESIRED), self._topic(DeviceChannel.CMD))
         self.transport.start()
         if self.config.input_source != "none" and self.config.inference_interval_s > 0:
+            from device_agent.simulation import DriftSpec, make_input_stream
+
             self._inputs = make_input_stream(self.config.input_source, self.config.seed,
                                              DriftSpec.parse(self.config.simulate_drift))
         if self.config.api_port or self.config.api_socket:
