@@ -4,7 +4,8 @@
 
 1. Every device is brought to version 1 (a plain deployment).
 2. A good version 2 is rolled out (canary 1, 10 %, 50 %, 100 %; soak 2 s; gates judge one window's
-   inferences, ``--min-inferences 4``): time from start to ``succeeded``. Target (issue 6): at most 60 s for 1,000 devices on this 2-core machine.
+   inferences, ``--min-inferences 4``): time from start to ``succeeded``. Target (issue 6): at
+   most 60 s for 1,000 devices on this 2-core machine.
 3. A bad version 3 (every device adds 20 ms per inference while it serves 3) is rolled out: time
    from the canary's first telemetry window on version 3 until every touched device reports
    version 2 again, in telemetry windows. Target: at most 2 windows.

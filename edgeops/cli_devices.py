@@ -42,12 +42,34 @@ def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
 
+#: How each sync state is shown (the values of fleet_server.sync.SyncState: the CLI may talk to a
+#: remote server without the server package installed).
+SYNC_STYLES = {"in_sync": "green", "pending": "yellow", "updating": "yellow", "stalled": "red", "fell_back": "red",
+               "offline": "red", "unmanaged": "dim"}
+StallOpt = Annotated[float | None, typer.Option(
+    "--stall-after", help="Seconds without progress after which an update counts as stalled (default 600).",
+    min=0.001)]
+
+
+def _sync_cell(d: dict[str, Any]) -> str:
+    sync = d.get("sync") or "-"
+    text = sync.replace("_", " ")
+    if sync == "updating" and d.get("chunks_total") and d.get("phase") == "fetching":
+        text += f" {d.get('chunks_have') or 0}/{d['chunks_total']}"
+    style = SYNC_STYLES.get(sync)
+    return f"[{style}]{text}[/]" if style else text
+
+
 def devices_table(rows: list[dict[str, Any]]) -> Table:
     """Devices (the API's device documents) as a table: state, version, last telemetry, tags."""
     show_errors = any(d.get("last_error") for d in rows)
     show_tags = any(d.get("tags") for d in rows)
+    show_sync = any("sync" in d for d in rows)
     table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry")
     table.columns[0].no_wrap = table.columns[2].no_wrap = True
+    if show_sync:
+        table.add_column("desired", no_wrap=True)
+        table.add_column("sync", no_wrap=True)
     if show_tags:
         table.add_column("tags")
     if show_errors:
@@ -64,6 +86,8 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
             _number(t.get("drift_score")),
             age(d.get("last_telemetry_ms")),
         ]
+        if show_sync:
+            cells += [d.get("desired_version") or "-", _sync_cell(d)]
         if show_tags:
             cells.append(",".join(d.get("tags") or []))
         if show_errors:
@@ -75,11 +99,19 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
 @devices_app.command("list")
 def devices_list(
     tag: Annotated[str | None, typer.Option(help="Only devices carrying this tag.")] = None,
+    sync: Annotated[list[str] | None, typer.Option(
+        help="Only devices in this sync state (repeatable): " + ", ".join(SYNC_STYLES) + ".")] = None,
+    stall_after: StallOpt = None,
     home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", server: ServerOpt = None, token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every device with its running version, online state, tags and last telemetry."""
-    rows = fleet_client(home, fleet, server, token).devices(tag)
+    """Every device: what it runs and what it should run (sync state), online state, tags, last telemetry."""
+    unknown = sorted(set(sync or ()) - set(SYNC_STYLES))
+    if unknown:
+        raise ConfigError(f"unknown sync state(s) {', '.join(unknown)}: expected {', '.join(SYNC_STYLES)}")
+    rows = fleet_client(home, fleet, server, token).devices(tag, stall_after)
+    if sync:
+        rows = [d for d in rows if d.get("sync") in sync]
     if as_json:
         print_json(rows)
     else:
@@ -89,11 +121,12 @@ def devices_list(
 @devices_app.command("show")
 def devices_show(
     device_id: Annotated[str, typer.Argument(help="The device's id.")],
+    stall_after: StallOpt = None,
     home: HomeOpt = DEFAULT_HOME, fleet: FleetOpt = "default", server: ServerOpt = None, token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One device: what it reports, the deployment it should follow, its last window, recent events."""
-    d = fleet_client(home, fleet, server, token).device(device_id)
+    d = fleet_client(home, fleet, server, token).device(device_id, stall_after)
     if as_json:
         print_json(d)
         return
@@ -107,7 +140,8 @@ def devices_show(
         ("agent", d.get("agent_version") or "-"),
         ("running", d.get("running") or "-"),
         ("phase", d.get("phase") or "-"),
-        ("desired", f"{desired['digest'][:12]} (deployment {desired['deployment_id']}"
+        ("sync", _sync_cell(d) + (f" (last progress {age(d['progress_ms'])})" if d.get("progress_ms") else "")),
+        ("desired", f"{d.get('desired_version') or desired['digest'][:12]} (deployment {desired['deployment_id']}"
                     + (f", rollout {desired['rollout_id']}" if desired.get("rollout_id") else "")
                     + (", rollback" if desired.get("rollback") else "") + ")" if desired else "-"),
         ("tags", ", ".join(d.get("tags") or []) or "-"),

@@ -43,7 +43,7 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console,
     """
     from edgeops.cli_devices import devices_table
     from edgeops.examples import train_digits_mlp
-    from fleet_server.operations import device_view
+    from fleet_server.operations import FleetOperations
     from fleet_server.registry import Registry, add_model
     from fleet_server.store import ALL_DEVICES, Store
     from fleet_server.tokens import Tokens
@@ -111,7 +111,7 @@ def run_demo(*, devices: int, workdir: Path, timeout_s: float, console: Console,
         with Live(Table(), console=console, refresh_per_second=4, transient=False) as live:
             while time.monotonic() < deadline and not stop.is_set():
                 rows = store.devices("default")
-                live.update(devices_table([device_view(d) for d in rows]))
+                live.update(devices_table(FleetOperations(store, "default").devices()))
                 converged = len(rows) >= devices and all(
                     d.active_digest == row.digest and d.last_telemetry and d.last_telemetry.get("inferences", 0) > 0
                     and d.last_telemetry.get("model_version") == MODEL_VERSION
@@ -160,7 +160,7 @@ def _serve(store: Store, processes: list[ManagedProcess], console: Console, http
     """Keep the fleet running, its table refreshed, until ``stop`` or ``serve_s`` seconds; False if
     a process died meanwhile."""
     from edgeops.cli_devices import devices_table
-    from fleet_server.operations import device_view
+    from fleet_server.operations import FleetOperations
 
     until = "Ctrl-C stops everything" if serve_s is None else f"stopping in {serve_s:.0f} s (or Ctrl-C)"
     console.print(f"serving: the devices keep sending telemetry; open http://127.0.0.1:{http_port}/dashboard. "
@@ -168,7 +168,7 @@ def _serve(store: Store, processes: list[ManagedProcess], console: Console, http
     deadline = None if serve_s is None else time.monotonic() + serve_s
     with Live(Table(), console=console, refresh_per_second=1, transient=True) as live:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            live.update(devices_table([device_view(d) for d in store.devices("default")]))
+            live.update(devices_table(FleetOperations(store, "default").devices()))
             dead = [p.name for p in processes if not p.alive]
             if dead:
                 console.print(f"[red]process(es) exited: {', '.join(dead)}; see {logs}")

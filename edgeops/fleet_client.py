@@ -42,8 +42,8 @@ class FleetClient(Protocol):
     where: str
 
     def models(self) -> list[dict[str, Any]]: ...
-    def devices(self, tag: str | None = None) -> list[dict[str, Any]]: ...
-    def device(self, device_id: str) -> dict[str, Any]: ...
+    def devices(self, tag: str | None = None, stall_after_s: float | None = None) -> list[dict[str, Any]]: ...
+    def device(self, device_id: str, stall_after_s: float | None = None) -> dict[str, Any]: ...
     def tag_device(self, device_id: str, add: list[str], remove: list[str]) -> dict[str, Any]: ...
     def telemetry(self, device_id: str, since_ms: int = 0, limit: int = 50) -> list[dict[str, Any]]: ...
     def deploy(self, model: str, devices: str, reason: str = "") -> dict[str, Any]: ...
@@ -104,11 +104,11 @@ class HttpFleet:
     def models(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/models"))
 
-    def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/devices", query={"tag": tag}))
+    def devices(self, tag: str | None = None, stall_after_s: float | None = None) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/devices", query={"tag": tag, "stall_after_s": stall_after_s}))
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        return dict(self.call("GET", f"/devices/{_segment(device_id)}"))
+    def device(self, device_id: str, stall_after_s: float | None = None) -> dict[str, Any]:
+        return dict(self.call("GET", f"/devices/{_segment(device_id)}", query={"stall_after_s": stall_after_s}))
 
     def tag_device(self, device_id: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         return dict(self.call("POST", f"/devices/{_segment(device_id)}/tags", {"add": add, "remove": remove}))
@@ -178,11 +178,11 @@ class LocalFleet:
     def models(self) -> list[dict[str, Any]]:
         return self.ops.models()
 
-    def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
-        return self.ops.devices(tag)
+    def devices(self, tag: str | None = None, stall_after_s: float | None = None) -> list[dict[str, Any]]:
+        return self.ops.devices(tag, *_stall(stall_after_s))
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        return self.ops.device(device_id)
+    def device(self, device_id: str, stall_after_s: float | None = None) -> dict[str, Any]:
+        return self.ops.device(device_id, *_stall(stall_after_s))
 
     def tag_device(self, device_id: str, add: list[str], remove: list[str]) -> dict[str, Any]:
         return self.ops.tag_device(device_id, add, remove, actor())
@@ -221,3 +221,8 @@ def connect(home: Path, fleet: str, db: str | None = None, server: str | None = 
     if server:
         return HttpFleet(server, token or os.environ.get(TOKEN_ENV))
     return LocalFleet(home, fleet, db)
+
+
+def _stall(stall_after_s: float | None) -> tuple[float, ...]:
+    """The stall time argument, when one was given (else the operations' default applies)."""
+    return () if stall_after_s is None else (stall_after_s,)

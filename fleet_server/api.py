@@ -45,6 +45,7 @@ from fleet_server.live import LiveBus
 from fleet_server.metrics import IngestCounters
 from fleet_server.operations import FleetOperations, InvalidRequestError, gates_from_request, model_view
 from fleet_server.store import TAG_PREFIX, Store, check_tag
+from fleet_server.sync import DEFAULT_STALL_AFTER_S
 from fleet_server.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,19 @@ class DeviceOut(BaseModel):
     tags: list[str] = Field(description="Operator-given labels; `tag:NAME` in a selector picks devices by tag.")
     last_telemetry_ms: int | None
     last_telemetry: dict[str, Any] | None
+    sync: Literal["in_sync", "pending", "updating", "stalled", "fell_back", "offline", "unmanaged"] = Field(
+        description="The reported state against the desired version: in_sync, pending (not started on it), "
+                    "updating, stalled (no progress for stall_after_s), fell_back (the desired version failed "
+                    "on the device; it runs its previous one), offline (and not in sync), unmanaged (nothing "
+                    "desired).")
+    desired_version: str | None = Field(description="NAME:VERSION the device should run.")
+    updating_to: str | None = Field(description="NAME:VERSION of the update the device reports working on.")
+    chunks_have: int | None
+    chunks_total: int | None
+    progress_ms: int | None = Field(description="When the reported update state last changed (epoch ms).")
+
+
+StallQuery = Annotated[float, Query(gt=0, description="Seconds without progress after which an update is stalled.")]
 
 
 class DesiredOut(BaseModel):
@@ -322,14 +336,14 @@ def create_app(home: Path, fleet: str, database: Path | str | None = None, *, li
 
     @app.get(f"{PREFIX}/devices", tags=["devices"], responses=errors)
     def list_devices(actor: Actor, tag: Annotated[str | None, Query(description="Only devices with this tag.")] = None,
-                     ) -> list[DeviceOut]:
-        """Every device of the fleet as it reported itself, with its tags and last telemetry window."""
-        return [DeviceOut(**d) for d in ops.devices(tag)]
+                     stall_after_s: StallQuery = DEFAULT_STALL_AFTER_S) -> list[DeviceOut]:
+        """Every device of the fleet as it reported itself, its tags, last telemetry window and sync state."""
+        return [DeviceOut(**d) for d in ops.devices(tag, stall_after_s)]
 
     @app.get(f"{PREFIX}/devices/{{device_id}}", tags=["devices"], responses=errors)
-    def get_device(device_id: str, actor: Actor) -> DeviceDetailOut:
-        """One device: reported state, tags, last telemetry, desired deployment and recent events."""
-        return DeviceDetailOut(**ops.device(device_id))
+    def get_device(device_id: str, actor: Actor, stall_after_s: StallQuery = DEFAULT_STALL_AFTER_S) -> DeviceDetailOut:
+        """One device: reported state, sync state, tags, last telemetry, desired deployment and recent events."""
+        return DeviceDetailOut(**ops.device(device_id, stall_after_s))
 
     @app.post(f"{PREFIX}/devices/{{device_id}}/tags", tags=["devices"], responses=write_errors)
     def tag_device(device_id: str, body: TagsIn, actor: Actor) -> DeviceOut:

@@ -32,7 +32,8 @@ from edgeops import __version__
 from edgeops.protocol import UpdatePhase
 from fleet_server.rollout import Rollout, RolloutState
 from fleet_server.rollout_driver import LIVE, RolloutService
-from fleet_server.store import DeviceRow, Store
+from fleet_server.store import DeviceRow, Store, now_ms
+from fleet_server.sync import SyncState, sync_state
 
 #: Devices with their own per-device series (ServerConfig.metrics_max_devices).
 DEFAULT_MAX_DEVICES = 100
@@ -95,6 +96,8 @@ class FleetSample:
     ingest: IngestSnapshot
     live_subscribers: int = 0
     live_dropped: int = 0
+    #: Devices per sync state (fleet_server.sync), every state present.
+    sync: dict[str, int] = field(default_factory=dict)
 
 
 def gather(store: Store, fleet: str, counters: IngestCounters, live_subscribers: int = 0,
@@ -103,8 +106,11 @@ def gather(store: Store, fleet: str, counters: IngestCounters, live_subscribers:
     service = RolloutService(store, fleet)
     states = {s.value: len(store.rollout_ids(fleet, (s.value,))) for s in RolloutState}
     live = [service.get(i) for i in store.rollout_ids(fleet, LIVE)]
-    return FleetSample(fleet, store.devices(fleet), states, live, counters.snapshot(), live_subscribers,
-                       live_dropped)
+    devices = store.devices(fleet)
+    desired, now = store.desired_for(fleet), now_ms()
+    sync = Counter(sync_state(d, desired.get(d.device_id), now).value for d in devices)
+    return FleetSample(fleet, devices, states, live, counters.snapshot(), live_subscribers, live_dropped,
+                       {s.value: sync.get(s.value, 0) for s in SyncState})
 
 
 def fleet_metrics(sample: FleetSample, max_devices: int = DEFAULT_MAX_DEVICES) -> list[Metric]:
@@ -134,6 +140,14 @@ def fleet_metrics(sample: FleetSample, max_devices: int = DEFAULT_MAX_DEVICES) -
     for phase, count in sorted(by_phase.items()):  # a phase this server does not know (newer agent)
         phases.add_metric([fleet, phase], count)
     out.append(phases)
+
+    if sample.sync:
+        sync = GaugeMetricFamily("edgeops_devices_by_sync", "Devices by what they run against what they should "
+                                 "(in_sync, pending, updating, stalled, fell_back, offline, unmanaged).",
+                                 labels=["fleet", "state"])
+        for state, count in sample.sync.items():
+            sync.add_metric([fleet, state], count)
+        out.append(sync)
 
     versions = GaugeMetricFamily("edgeops_devices_by_version", "Devices by the model version they run "
                                  f"(NAME:VERSION, '{NONE}'; more than {MAX_VERSIONS} versions fold into "

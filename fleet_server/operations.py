@@ -19,7 +19,17 @@ from edgeops.manifest import parse_model_ref
 from edgeops.protocol import check_id
 from fleet_server import rollout as logic
 from fleet_server.rollout_driver import RolloutService
-from fleet_server.store import ALL_DEVICES, DeviceRow, ModelRow, Store, check_tag, split_selector
+from fleet_server.store import (
+    ALL_DEVICES,
+    Deployment,
+    DeviceRow,
+    ModelRow,
+    Store,
+    check_tag,
+    now_ms,
+    split_selector,
+)
+from fleet_server.sync import DEFAULT_STALL_AFTER_S, sync_state
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,16 @@ def device_view(row: DeviceRow) -> dict[str, Any]:
             "active_digest": row.active_digest, "phase": row.phase, "last_error": row.last_error,
             "tags": list(row.tags), "last_telemetry_ms": row.last_telemetry_ms,
             "last_telemetry": row.last_telemetry}
+
+
+def sync_view(row: DeviceRow, desired: Deployment | None, labels: Mapping[str, str], now: int,
+              stall_after_s: float = DEFAULT_STALL_AFTER_S) -> dict[str, Any]:
+    """Where a device stands against what it should run (the API's ``DeviceOut`` sync fields)."""
+    target = row.target_digest
+    return {"sync": sync_state(row, desired, now, stall_after_s).value,
+            "desired_version": labels.get(desired.digest, desired.digest[:12]) if desired else None,
+            "updating_to": labels.get(target, target[:12]) if target else None,
+            "chunks_have": row.chunks_have, "chunks_total": row.chunks_total, "progress_ms": row.progress_ms}
 
 
 def model_view(row: ModelRow) -> dict[str, Any]:
@@ -143,16 +163,24 @@ class FleetOperations:
     def model(self, ref: str) -> ModelRow:
         return self.store.model(*parse_model_ref(ref))
 
-    def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
-        return [device_view(d) for d in self.store.devices(self.fleet, tag)]
+    def devices(self, tag: str | None = None, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> list[dict[str, Any]]:
+        """Every device as it reported itself, and where it stands against what it should run."""
+        return self._views(self.store.devices(self.fleet, tag), stall_after_s)
 
-    def device(self, device_id: str) -> dict[str, Any]:
+    def _views(self, rows: list[DeviceRow], stall_after_s: float = DEFAULT_STALL_AFTER_S) -> list[dict[str, Any]]:
+        desired = self.store.desired_for(self.fleet)
+        labels = {m.digest: m.label for m in self.store.models()}
+        now = now_ms()
+        return [{**device_view(r), **sync_view(r, desired.get(r.device_id), labels, now, stall_after_s)}
+                for r in rows]
+
+    def device(self, device_id: str, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> dict[str, Any]:
         """One device: reported state, tags, last telemetry, the deployment it should follow, events."""
         row = self.store.device(self.fleet, device_id)
         dep = self.store.desired_for(self.fleet).get(device_id)
         desired = ({"deployment_id": dep.id, "digest": dep.digest, "rollout_id": dep.rollout_id,
                     "rollback": dep.rollback} if dep else None)
-        return {**device_view(row), "desired": desired,
+        return {**self._views([row], stall_after_s)[0], "desired": desired,
                 "events": self.store.events(self.fleet, device_id, limit=DEVICE_EVENTS)}
 
     def tag_device(self, device_id: str, add: list[str], remove: list[str], actor: str) -> dict[str, Any]:
@@ -164,7 +192,7 @@ class FleetOperations:
         self.store.set_device_tags(self.fleet, device_id, sorted(tags))
         self.store.audit(actor, "device_tag", device_id, "",
                          json.dumps({"add": sorted(add), "remove": sorted(remove), "tags": sorted(tags)}))
-        return device_view(self.store.device(self.fleet, device_id))
+        return self._views([self.store.device(self.fleet, device_id)])[0]
 
     def telemetry(self, device_id: str, since_ms: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         """The newest telemetry windows of one device, newest first (NotFoundError for an unknown device)."""

@@ -129,6 +129,13 @@ devices_t = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("last_telemetry_json", sa.Text),
     sa.Column("last_telemetry_ms", sa.BigInteger),
+    # The update the device reports working on, how far its download got, and when its reported
+    # update state last changed (not when it was last received: a retained message delivered again
+    # after a server restart is no progress). Migration 0003.
+    sa.Column("target_digest", sa.Text),
+    sa.Column("chunks_have", sa.Integer),
+    sa.Column("chunks_total", sa.Integer),
+    sa.Column("progress_ms", sa.BigInteger),
     sa.PrimaryKeyConstraint("fleet", "device_id"),
 )
 device_tags_t = sa.Table(
@@ -273,6 +280,12 @@ class DeviceRow:
     last_telemetry_ms: int | None
     #: Operator-given labels (sorted), for selecting devices: ``tag:NAME`` in a rollout selector.
     tags: tuple[str, ...] = ()
+    #: The update the device reports working on, and its download's progress in chunks.
+    target_digest: str | None = None
+    chunks_have: int | None = None
+    chunks_total: int | None = None
+    #: When the device's reported update state (phase, versions, chunks) last changed, epoch ms.
+    progress_ms: int | None = None
 
     @property
     def active_label(self) -> str | None:
@@ -447,7 +460,8 @@ class Store:
         self._insert_drift = self._insert(drift_t).on_conflict_do_nothing(index_elements=[drift_t.c.window_id])
         self._upsert_status = self._device_upsert(("online", "agent_version"))
         self._upsert_reported = self._device_upsert(
-            ("active_name", "active_version", "active_digest", "phase", "last_error"))
+            ("active_name", "active_version", "active_digest", "phase", "last_error", "target_digest", "chunks_have",
+             "chunks_total"), progress=("phase", "active_digest", "target_digest", "chunks_have"))
         self._upsert_telemetry = self._device_upsert((), telemetry=True, arrays=self._pg)
         # On SQLite the ingestion path runs these as SQL on the driver (see _sqlite_tx).
         self._sqlite_ingest = None if self._pg else (
@@ -461,10 +475,12 @@ class Store:
         rows = sa.func.unnest(*arrays).table_valued(*names).render_derived()
         return sa.select(*(rows.c[name] for name in names))
 
-    def _device_upsert(self, columns: Sequence[str], *, telemetry: bool = False, arrays: bool = False) -> Any:
+    def _device_upsert(self, columns: Sequence[str], *, telemetry: bool = False, arrays: bool = False,
+                       progress: Sequence[str] = ()) -> Any:
         """Insert a device or update it: ``last_seen_ms`` only grows, ``columns`` are overwritten,
-        the last telemetry is replaced only by a window at least as new. ``arrays``: the rows come
-        as one array per column (PostgreSQL, see :meth:`_unnest`)."""
+        the last telemetry is replaced only by a window at least as new, ``progress_ms`` is set only
+        when one of the ``progress`` columns changes. ``arrays``: the rows come as one array per
+        column (PostgreSQL, see :meth:`_unnest`)."""
         stmt = self._insert(devices_t)
         if arrays:
             stmt = stmt.from_select(_DEVICE_TELEMETRY_FIELDS, self._unnest(devices_t, _DEVICE_TELEMETRY_FIELDS))
@@ -473,6 +489,9 @@ class Store:
         values: dict[str, Any] = {
             "last_seen_ms": sa.case((d.last_seen_ms >= new.last_seen_ms, d.last_seen_ms), else_=new.last_seen_ms)}
         values.update({c: new[c] for c in columns})
+        if progress:
+            changed = sa.or_(d.progress_ms.is_(None), *(d[c].is_distinct_from(new[c]) for c in progress))
+            values["progress_ms"] = sa.case((changed, new.progress_ms), else_=d.progress_ms)
         if telemetry:
             newer = sa.or_(d.last_telemetry_ms.is_(None), d.last_telemetry_ms <= new.last_telemetry_ms)
             values["last_telemetry_json"] = sa.case((newer, new.last_telemetry_json), else_=d.last_telemetry_json)
@@ -708,7 +727,9 @@ class Store:
                 "last_seen_ms": received_ms, "active_name": active.name if active else None,
                 "active_version": active.version if active else None,
                 "active_digest": active.digest if active else None, "phase": reported.phase.value,
-                "last_error": error})
+                "last_error": error, "target_digest": reported.target.digest if reported.target else None,
+                "chunks_have": reported.chunks_have, "chunks_total": reported.chunks_total,
+                "progress_ms": received_ms})
 
     def record_telemetry(self, fleet: str, window: Telemetry, received_ms: int) -> bool:
         """Store one window; False if its window_id was stored before (QoS 1 redelivery)."""

@@ -108,3 +108,54 @@ def test_invalid_payloads_are_dropped_and_logged_once_per_source(
     # One line per source topic (desired and cmd), however many bad payloads arrived on each.
     assert len(agent_drops) == 2, agent_drops
     assert "Traceback" not in server_log + agent_log
+
+
+def test_devices_list_shows_who_is_in_sync_fell_back_went_offline_or_stalled(
+    broker: BrokerHandle, processes: Processes, digits: TrainedExample, digits_v2: TrainedExample, tmp_path: Path
+) -> None:
+    """The server's view is what devices report: a version that fails on a device, a device that went
+    away, a device that ignores what it is asked (its keys do not trust the server) show as such."""
+    home = tmp_path / "home"
+    edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
+    edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
+    edgeops("keys", "generate", "--name", "stranger", "--home", str(tmp_path / "other"))
+    edgeops("keys", "export-public", str(tmp_path / "other-trust"), "--home", str(tmp_path / "other"))
+    processes.server(home, broker)
+    trust = tmp_path / "trust"
+    processes.agent("good", broker, trust_dir=trust)
+    processes.agent("fails-v2", broker, "default", "--simulate-faults", "errors=1", "--faults-version", "2",
+                    trust_dir=trust)
+    leaves = processes.agent("leaves", broker, trust_dir=trust)
+    processes.agent("distrusts", broker, trust_dir=tmp_path / "other-trust")
+    store = Store(home / "edgeops.db")
+    wait_until(lambda: len([d for d in store.devices("default") if d.online]) == 4, 30, "every agent online")
+    edgeops("model", "add", str(digits.model_path), "--name", "digits", "--version", "1", "--home", str(home))
+    edgeops("model", "add", str(digits_v2.model_path), "--name", "digits", "--version", "2", "--home", str(home))
+
+    def sync(*extra: str) -> dict[str, tuple[str, str | None]]:
+        listed = json.loads(edgeops("devices", "list", "--json", "--home", str(home), *extra).stdout)
+        return {d["device_id"]: (d["sync"], d["desired_version"]) for d in listed}
+
+    assert set(sync().values()) == {("unmanaged", None)}
+    edgeops("deploy", "digits:1", "--home", str(home))
+    wait_until(lambda: [d for d, (s, _) in sync().items() if s == "in_sync"] == ["fails-v2", "good", "leaves"], 60,
+               "the trusting devices in sync on digits:1")
+    assert sync()["distrusts"] == ("pending", "digits:1")  # it refused the signed desired message
+
+    leaves.stop()
+    edgeops("deploy", "digits:2", "--home", str(home))
+    wait_until(lambda: sync()["fails-v2"][0] == "fell_back" and sync()["good"][0] == "in_sync", 60,
+               "digits:2 committed on one device and failed on another")
+    assert sync() == {"good": ("in_sync", "digits:2"), "fails-v2": ("fell_back", "digits:2"),
+                      "leaves": ("offline", "digits:2"), "distrusts": ("pending", "digits:2")}
+    # A device that has not moved towards what it should run for longer than the stall time is stalled.
+    assert sync("--stall-after", "0.001")["distrusts"] == ("stalled", "digits:2")
+    stalled = json.loads(edgeops("devices", "list", "--json", "--sync", "stalled", "--sync", "fell_back",
+                                 "--stall-after", "0.001", "--home", str(home)).stdout)
+    assert sorted(d["device_id"] for d in stalled) == ["distrusts", "fails-v2"]
+    table = edgeops("devices", "list", "--home", str(home)).stdout
+    assert "fell back" in table and "offline" in table and "in sync" in table
+    shown = edgeops("devices", "show", "fails-v2", "--home", str(home)).stdout
+    assert "fell back" in shown and "probation_failed" in shown
+    bad = edgeops("devices", "list", "--sync", "lost", "--home", str(home), check=False)
+    assert bad.returncode == 1 and "unknown sync state(s) lost" in bad.stderr

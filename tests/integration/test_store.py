@@ -191,6 +191,28 @@ def test_gate_figures_read_enough_windows_of_each_version(store: Store, min_infe
     assert o.baseline_latency_ms_p95 == pytest.approx(sorted(newest_baseline)[len(newest_baseline) // 2])
 
 
+def test_progress_moves_only_when_the_reported_update_state_changes(store: Store) -> None:
+    """A retained report delivered again (a server restart) is no progress; a new chunk count is."""
+    target = BundleRef(name="digits", version="2", digest=DIGEST_2)
+
+    def report(phase: UpdatePhase, have: int, received_ms: int) -> None:
+        store.record_reported("f", Reported(device_id="dev-a", ts=1, phase=phase, target=target, chunks_have=have,
+                                            chunks_total=16), received_ms)
+
+    report(UpdatePhase.FETCHING, 2, 1_000)
+    report(UpdatePhase.FETCHING, 2, 5_000)  # the same report again
+    row = store.device("f", "dev-a")
+    assert (row.progress_ms, row.last_seen_ms) == (1_000, 5_000)
+    assert (row.target_digest, row.chunks_have, row.chunks_total) == (DIGEST_2, 2, 16)
+    report(UpdatePhase.FETCHING, 4, 6_000)
+    assert store.device("f", "dev-a").progress_ms == 6_000
+    report(UpdatePhase.VERIFYING, 16, 7_000)
+    report(UpdatePhase.VERIFYING, 16, 9_000)
+    assert store.device("f", "dev-a").progress_ms == 7_000
+    store.record_status("f", status("dev-b"), 8_000)  # known only by its status: no update state yet
+    assert store.device("f", "dev-b").progress_ms is None
+
+
 def test_telemetry_batches_drop_duplicate_windows(store: Store) -> None:
     batch = [window("dev-a", 1, 1_000), window("dev-a", 2, 2_000), window("dev-a", 1, 1_000),  # in-batch dup
              window("dev-b", 1, 1_500)]

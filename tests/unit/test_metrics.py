@@ -158,5 +158,11 @@ def test_gather_reads_a_real_store(tmp_path: Path) -> None:
         assert {k[0][1]: v for k, v in got["edgeops_rollouts"].items()}["running"] == 1
         assert len(got["edgeops_rollout_info"]) == 1
         assert got["edgeops_telemetry_windows_stored_total"] == {(): 1}
+        # Nothing deployed yet (the rollout has not assigned anyone): every device is unmanaged.
+        sync = {k[0][1]: v for k, v in got["edgeops_devices_by_sync"].items()}
+        assert sync["unmanaged"] == 1 and sum(sync.values()) == 1 and set(sync) >= {"stalled", "fell_back"}
+        store.add_deployment("f", TARGET, "all")
+        sync = {k[0][1]: v for k, v in scrape(metrics.gather(store, "f", counters))["edgeops_devices_by_sync"].items()}
+        assert sync["pending"] == 1 and sync["unmanaged"] == 0
     finally:
         store.close()
