@@ -165,9 +165,10 @@ class FleetOperations:
 
     def devices(self, tag: str | None = None, stall_after_s: float = DEFAULT_STALL_AFTER_S) -> list[dict[str, Any]]:
         """Every device as it reported itself, and where it stands against what it should run."""
-        return self._views(self.store.devices(self.fleet, tag), stall_after_s)
+        return self.device_views(self.store.devices(self.fleet, tag), stall_after_s)
 
-    def _views(self, rows: list[DeviceRow], stall_after_s: float = DEFAULT_STALL_AFTER_S) -> list[dict[str, Any]]:
+    def device_views(self, rows: list[DeviceRow], stall_after_s: float = DEFAULT_STALL_AFTER_S) -> list[dict[str, Any]]:
+        """Devices as they reported themselves, each with where it stands against what it should run."""
         desired = self.store.desired_for(self.fleet)
         labels = {m.digest: m.label for m in self.store.models()}
         now = now_ms()
@@ -180,7 +181,7 @@ class FleetOperations:
         dep = self.store.desired_for(self.fleet).get(device_id)
         desired = ({"deployment_id": dep.id, "digest": dep.digest, "rollout_id": dep.rollout_id,
                     "rollback": dep.rollback} if dep else None)
-        return {**self._views([row], stall_after_s)[0], "desired": desired,
+        return {**self.device_views([row], stall_after_s)[0], "desired": desired,
                 "events": self.store.events(self.fleet, device_id, limit=DEVICE_EVENTS)}
 
     def tag_device(self, device_id: str, add: list[str], remove: list[str], actor: str) -> dict[str, Any]:
@@ -192,7 +193,7 @@ class FleetOperations:
         self.store.set_device_tags(self.fleet, device_id, sorted(tags))
         self.store.audit(actor, "device_tag", device_id, "",
                          json.dumps({"add": sorted(add), "remove": sorted(remove), "tags": sorted(tags)}))
-        return self._views([self.store.device(self.fleet, device_id)])[0]
+        return self.device_views([self.store.device(self.fleet, device_id)])[0]
 
     def telemetry(self, device_id: str, since_ms: int = 0, limit: int = 50) -> list[dict[str, Any]]:
         """The newest telemetry windows of one device, newest first (NotFoundError for an unknown device)."""

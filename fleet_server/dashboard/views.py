@@ -20,7 +20,7 @@ from edgeops.errors import NotFoundError
 from edgeops.protocol import EventKind
 from fleet_server import rollout as logic
 from fleet_server.live import LiveBus, LiveKind, drift_column
-from fleet_server.operations import FleetOperations, device_view, rollout_view
+from fleet_server.operations import FleetOperations, rollout_view
 from fleet_server.rollout_driver import LIVE, RolloutService
 from fleet_server.store import Store, StoreUnavailableError, now_ms
 
@@ -156,7 +156,7 @@ def drift_alerts(store: Store, fleet: str) -> list[dict[str, Any]]:
 def overview(ops: FleetOperations, actor: str) -> dict[str, Any]:
     """The page's snapshot: every device, rollouts with gates, drift alerts."""
     return {"fleet": ops.fleet, "actor": actor, "server_ms": now_ms(),
-            "devices": [device_view(d) for d in ops.store.devices(ops.fleet)],
+            "devices": ops.devices(),
             "rollouts": rollouts(ops.rollouts_service), "alerts": drift_alerts(ops.store, ops.fleet)}
 
 

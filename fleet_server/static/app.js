@@ -15,6 +15,11 @@ const UPDATE_KINDS = new Set(['update_started', 'update_state', 'update_committe
   'desired_rejected', 'chunk_rejected', 'model_loaded']);
 const PERCENT_GATES = new Set(['committed', 'failed', 'error_rate']);
 const SETTLED_PHASES = new Set(['idle', 'committed', null, undefined]);
+// Device fields the server's sync state depends on, and how often it is refetched anyway (a stall
+// or a new deployment changes it without any device message).
+const SYNC_INPUTS = ['phase', 'active_digest', 'online'];
+const SYNC_REFRESH_MS = 30000;
+const ATTENTION = new Set(['stalled', 'fell_back']);
 
 const state = {
   fleet: '',
@@ -167,6 +172,8 @@ function onMessage(event, apply) {
 function patchDevice(patch) {
   const device = state.devices.get(patch.device_id);
   if (device) {
+    // The sync state is the server's (reported against desired): refetch when what it rests on moves.
+    if (SYNC_INPUTS.some((k) => k in patch && patch[k] !== device[k])) reloadOverviewSoon();
     Object.assign(device, patch);
   } else {
     state.devices.set(patch.device_id, { tags: [], last_telemetry: null, ...patch });
@@ -252,6 +259,7 @@ function overviewView() {
   const online = devices.filter((d) => d.online).length;
   const updating = devices.filter((d) => !SETTLED_PHASES.has(d.phase) && d.phase !== 'failed').length;
   const failed = devices.filter((d) => d.phase === 'failed').length;
+  const attention = devices.filter((d) => ATTENTION.has(d.sync)).length;
   const versions = new Map();
   const phases = new Map();
   for (const d of devices) {
@@ -264,7 +272,8 @@ function overviewView() {
   return h('div', { class: 'overview' },
     h('section', { class: 'cards' }, card('devices', devices.length, 'count-devices'),
       card('online', online, 'count-online'), card('offline', devices.length - online, 'count-offline'),
-      card('updating', updating, 'count-updating'), card('failed', failed, 'count-failed')),
+      card('updating', updating, 'count-updating'), card('failed', failed, 'count-failed'),
+      card('stalled or fell back', attention, 'count-attention')),
     h('div', { class: 'two' }, distribution('Running versions', versions, 'versions'),
       distribution('Update phases', phases, 'phases')),
     live.length ? h('section', { class: 'panel' }, h('h2', {}, 'Live rollouts'),
@@ -273,18 +282,23 @@ function overviewView() {
         rolloutProgress(r, true)))) : null,
     h('section', { class: 'panel' }, h('h2', {}, 'Devices'),
       h('table', { class: 'devices', 'data-testid': 'devices-table' },
-        h('thead', {}, h('tr', {}, ['device', 'presence', 'running', 'phase', 'agent', 'p95 ms', 'errors',
-          'drift', 'last window'].map((c) => h('th', {}, c)))),
+        h('thead', {}, h('tr', {}, ['device', 'presence', 'running', 'phase', 'desired', 'sync', 'agent', 'p95 ms',
+          'errors', 'drift', 'last window'].map((c) => h('th', {}, c)))),
         h('tbody', {}, devices.map((d) => {
           const t = d.last_telemetry || {};
           return h('tr', { 'data-device-id': d.device_id, class: d.online ? '' : 'offline' },
             h('td', {}, h('a', { href: `#/devices/${encodeURIComponent(d.device_id)}` }, d.device_id)),
             h('td', {}, onlineBadge(d.online)), h('td', {}, d.running || '–'),
-            h('td', { class: `phase ${d.phase || ''}` }, d.phase || '–'), h('td', {}, d.agent_version || '–'),
+            h('td', { class: `phase ${d.phase || ''}` }, d.phase || '–'), h('td', {}, d.desired_version || '–'),
+            syncCell(d), h('td', {}, d.agent_version || '–'),
             h('td', { class: 'num' }, formatNumber(t.latency_ms_p95)),
             h('td', { class: 'num' }, t.errors ?? '–'), h('td', { class: 'num' }, formatNumber(t.drift_score)),
             h('td', { class: 'muted', 'data-ts': d.last_telemetry_ms || '' }, age(d.last_telemetry_ms)));
         })))));
+}
+
+function syncCell(d) {
+  return h('td', { class: `sync ${d.sync || ''}`, 'data-sync': d.sync || '' }, (d.sync || '–').replace('_', ' '));
 }
 
 function gateRow(g) {
@@ -352,6 +366,7 @@ function deviceView() {
     attrs: { 'data-testid': 'drift-score-chart' } });
   const map = heatmap({ label: 'per-feature PSI', columns: detail.drift, attrs: { 'data-testid': 'drift-heatmap' } });
   const fields = [['presence', onlineBadge(d.online)], ['running', d.running || '–'], ['phase', d.phase || '–'],
+    ['sync', (d.sync || '–').replace('_', ' ')],
     ['agent', d.agent_version || '–'], ['tags', (d.tags || []).join(', ') || '–'],
     ['desired', d.desired ? `deployment ${d.desired.deployment_id}${d.desired.rollout_id ? ` (${d.desired.rollout_id})` : ''}` : '–'],
     ['last error', d.last_error || '–'], ['last window', age(d.last_telemetry_ms)]];
@@ -432,8 +447,9 @@ function onRoute() {
 }
 
 window.addEventListener('hashchange', onRoute);
-// Ages ("12 s ago") move on even when nothing arrives.
+// Ages ("12 s ago") move on even when nothing arrives; so do sync states (a stall, a new deployment).
 window.setInterval(scheduleRender, 5000);
+window.setInterval(reloadOverviewSoon, SYNC_REFRESH_MS);
 const first = route();
 onRoute();
 if (first.name !== 'device') connect(null);

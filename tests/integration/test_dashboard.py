@@ -113,6 +113,9 @@ def test_dashboard_live_in_a_browser(
         page.wait_for_selector(f'[data-testid="devices-table"] tr[data-device-id="{device}"]')
     page.evaluate(f"{MARKER} = 'set'")
     assert page.text_content('[data-testid="count-online"] .card-value') == "2"
+    for device in ("dev-1", "dev-2"):  # the server's sync state: both run what they should
+        page.wait_for_selector(f'[data-testid="devices-table"] tr[data-device-id="{device}"] td[data-sync="in_sync"]')
+    assert page.text_content('[data-testid="count-attention"] .card-value') == "0"
     assert page.locator('[data-testid="versions"] tr[data-value="digits:1"] td.num').text_content() == "2"
     assert "viewer" in (page.text_content("#actor") or "")
     page.screenshot(path=str(screenshots / "02-overview.png"), full_page=True)
