@@ -99,11 +99,14 @@ def mosquitto_config_cmd(
     port: Annotated[int, typer.Option(help="Listener port.")] = 1883,
     host: Annotated[str, typer.Option(help="Listener address.")] = "127.0.0.1",
     data_dir: Annotated[Path | None, typer.Option(help="Enable persistence in this directory.")] = None,
+    user: Annotated[str | None, typer.Option(
+        help="User the broker runs as when started as root (Mosquitto's default: mosquitto); "
+             "it must be able to write --data-dir.")] = None,
 ) -> None:
     """Print a Mosquitto configuration tuned for EdgeOps (queue limits, TCP_NODELAY)."""
     from edgeops.broker import mosquitto_config
 
-    sys.stdout.write(mosquitto_config(port, host=host, data_dir=data_dir))
+    sys.stdout.write(mosquitto_config(port, host=host, data_dir=data_dir, user=user))
 
 
 @app.command()

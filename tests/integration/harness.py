@@ -57,12 +57,13 @@ class BrokerHandle:
         self.address = BrokerAddress("127.0.0.1", self.port)
         self._proc: Mosquitto | ManagedProcess | None = None
         self._log = workdir / f"{kind}.log"
+        #: Where a persistent Mosquitto keeps sessions across restarts.
+        self.data_dir = workdir / "mosquitto-data" if persistent and kind == "mosquitto" else None
 
     def start(self) -> None:
         if self.kind == "mosquitto":
             try:
-                data_dir = self.workdir / "mosquitto-data" if self.persistent else None
-                self._proc = Mosquitto(self.workdir, self.port, self._log, data_dir).start()
+                self._proc = Mosquitto(self.workdir, self.port, self._log, self.data_dir).start()
             except BrokerUnavailableError as exc:
                 pytest.fail(f"{exc}; .ci/run installs it", pytrace=False)
         else:

@@ -92,3 +92,32 @@ def test_agent_init_writes_a_config_the_agent_reads_and_a_systemd_unit(tmp_path:
                           "exists; use --force")
     # The written file starts an agent that refuses to run without its trust directory.
     assert_one_line_error(run("agent", "--config", str(out)), "trust directory")
+
+
+def test_mosquitto_config_runs_in_mosquitto_and_persists_to_the_data_dir(tmp_path: Path) -> None:
+    """The printed configuration is one the real broker accepts; with --data-dir and --user it
+    writes its persistence file there on shutdown (as root without --user it could not, here)."""
+    import os
+    import pwd
+    import shutil
+
+    from edgeops.broker import free_port, wait_for_port
+
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("mosquitto is not installed; .ci/run installs it", pytrace=False)
+    port, data = free_port(), tmp_path / "data"
+    data.mkdir()
+    result = run("mosquitto-config", "--port", str(port), "--data-dir", str(data),
+                 "--user", pwd.getpwuid(os.geteuid()).pw_name)
+    assert result.returncode == 0, result.stderr
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(result.stdout)
+    broker = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=15)
+    finally:
+        broker.terminate()
+        _, err = broker.communicate(timeout=10)
+    assert broker.returncode == 0, err
+    assert (data / "mosquitto.db").exists(), sorted(p.name for p in data.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeops.transport import Inbound, MqttTransport
 from fleet_server.store import Store
 from tests.integration.harness import BrokerHandle, Processes, edgeops, wait_until
 
@@ -49,6 +51,57 @@ def persistent_mosquitto(tmp_path: Path) -> Iterator[BrokerHandle]:
     handle.start()
     yield handle
     handle.stop()
+
+
+def test_a_persistent_broker_keeps_an_offline_subscribers_session_across_its_restart(
+    persistent_mosquitto: BrokerHandle,
+) -> None:
+    """What the outage test below relies on, checked directly: as the server's, a session that is
+    offline while the broker restarts still receives the QoS 1 messages published meanwhile.
+
+    Started as root, Mosquitto would switch to the ``mosquitto`` user and could not write its
+    persistence file in the test's private directory; the restart would then forget the session.
+    """
+    broker = persistent_mosquitto
+    topic = "edgeops-test/persist"
+    publisher = MqttTransport("persist-publisher", broker.address, clean_session=True)
+    publisher.start()
+    publisher.wait_connected(10)
+    subscriber = MqttTransport("persist-subscriber", broker.address, clean_session=False)
+    subscriber.subscribe(f"{topic}/#")
+    subscriber.start()
+    subscriber.wait_connected(10)
+    # The subscription is in place once a probe gets through.
+    wait_until(lambda: publisher.publish(f"{topic}/probe", b"probe").rc == 0 and _drained(subscriber, "probe"),
+               10, "the probe message at the subscriber")
+    subscriber.stop()
+    publisher.stop()
+
+    broker.restart()
+    assert broker.data_dir is not None and any(broker.data_dir.iterdir()), "the broker wrote no persistence file"
+
+    publisher = MqttTransport("persist-publisher", broker.address, clean_session=True)
+    publisher.start()
+    publisher.wait_connected(10)
+    publisher.publish(f"{topic}/queued", b"while-away").wait_for_publish(10)
+    publisher.stop()
+    subscriber = MqttTransport("persist-subscriber", broker.address, clean_session=False)
+    subscriber.start()  # no subscribe call: the session restored by the broker carries it
+    try:
+        wait_until(lambda: _drained(subscriber, "while-away"), 10, "the message queued for the offline session")
+    finally:
+        subscriber.stop()
+
+
+def _drained(transport: MqttTransport, payload: str) -> bool:
+    """True once a message with ``payload`` has been read from the transport's inbox."""
+    while True:
+        try:
+            item = transport.inbox.get_nowait()
+        except queue.Empty:
+            return False
+        if isinstance(item, Inbound) and item.payload == payload.encode():
+            return True
 
 
 def test_telemetry_during_a_broker_outage_arrives_afterwards_without_gaps(
