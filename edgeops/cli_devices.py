@@ -45,7 +45,7 @@ def _number(value: Any, digits: int = 3) -> str:
 #: How each sync state is shown (the values of fleet_server.sync.SyncState: the CLI may talk to a
 #: remote server without the server package installed).
 SYNC_STYLES = {"in_sync": "green", "pending": "yellow", "updating": "yellow", "stalled": "red", "fell_back": "red",
-               "offline": "red", "unmanaged": "dim"}
+               "rejected": "red", "offline": "red", "unmanaged": "dim"}
 StallOpt = Annotated[float | None, typer.Option(
     "--stall-after", help="Seconds without progress after which an update counts as stalled (default 600).",
     min=0.001)]
@@ -60,9 +60,16 @@ def _sync_cell(d: dict[str, Any]) -> str:
     return f"[{style}]{text}[/]" if style else text
 
 
+def _problem(d: dict[str, Any]) -> str:
+    """What keeps a device from its desired version, in its own words: a refusal, else its last error."""
+    if d.get("sync") == "rejected" and d.get("rejected_reason"):
+        return f"refused the desired message: {d['rejected_reason']}"
+    return str(d.get("last_error") or "")
+
+
 def devices_table(rows: list[dict[str, Any]]) -> Table:
     """Devices (the API's device documents) as a table: state, version, last telemetry, tags."""
-    show_errors = any(d.get("last_error") for d in rows)
+    show_errors = any(_problem(d) for d in rows)
     show_tags = any(d.get("tags") for d in rows)
     show_sync = any("sync" in d for d in rows)
     table = Table("device", "online", "running", "phase", "inferences", "p95 ms", "drift", "telemetry")
@@ -73,7 +80,7 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
     if show_tags:
         table.add_column("tags")
     if show_errors:
-        table.add_column("last error", overflow="fold")
+        table.add_column("problem", overflow="fold")
     for d in rows:
         t = d.get("last_telemetry") or {}
         cells = [
@@ -91,7 +98,7 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
         if show_tags:
             cells.append(",".join(d.get("tags") or []))
         if show_errors:
-            cells.append((d.get("last_error") or "")[:120])
+            cells.append(_problem(d)[:120])
         table.add_row(*cells)
     return table
 
@@ -148,6 +155,7 @@ def devices_show(
         ("first seen", age(d.get("first_seen_ms"))),
         ("last seen", age(d.get("last_seen_ms"))),
         ("last error", d.get("last_error") or "-"),
+        ("refused", f"{d['rejected_reason']} ({age(d.get('rejected_ms'))})" if d.get("rejected_reason") else "-"),
     ):
         facts.add_row(key, str(value))
     console.print(facts)

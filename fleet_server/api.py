@@ -98,16 +98,21 @@ class DeviceOut(BaseModel):
     tags: list[str] = Field(description="Operator-given labels; `tag:NAME` in a selector picks devices by tag.")
     last_telemetry_ms: int | None
     last_telemetry: dict[str, Any] | None
-    sync: Literal["in_sync", "pending", "updating", "stalled", "fell_back", "offline", "unmanaged"] = Field(
+    sync: Literal["in_sync", "pending", "updating", "stalled", "fell_back", "rejected", "offline",
+                  "unmanaged"] = Field(
         description="The reported state against the desired version: in_sync, pending (not started on it), "
                     "updating, stalled (no progress for stall_after_s), fell_back (the desired version failed "
-                    "on the device; it runs its previous one), offline (and not in sync), unmanaged (nothing "
-                    "desired).")
+                    "on the device; it runs its previous one), rejected (the device refused the desired "
+                    "message: rejected_reason), offline (and not in sync), unmanaged (nothing desired).")
     desired_version: str | None = Field(description="NAME:VERSION the device should run.")
     updating_to: str | None = Field(description="NAME:VERSION of the update the device reports working on.")
     chunks_have: int | None
     chunks_total: int | None
     progress_ms: int | None = Field(description="When the reported update state last changed (epoch ms).")
+    rejected_ms: int | None = Field(default=None, description="When the server last received the device's "
+                                    "refusal of a desired message (epoch ms, server clock).")
+    rejected_reason: str | None = Field(default=None, description="Why the device refused it, in its words "
+                                        "(e.g. signed by a key it does not trust).")
 
 
 StallQuery = Annotated[float, Query(gt=0, description="Seconds without progress after which an update is stalled.")]

@@ -69,7 +69,8 @@ def sync_view(row: DeviceRow, desired: Deployment | None, labels: Mapping[str, s
     return {"sync": sync_state(row, desired, now, stall_after_s).value,
             "desired_version": labels.get(desired.digest, desired.digest[:12]) if desired else None,
             "updating_to": labels.get(target, target[:12]) if target else None,
-            "chunks_have": row.chunks_have, "chunks_total": row.chunks_total, "progress_ms": row.progress_ms}
+            "chunks_have": row.chunks_have, "chunks_total": row.chunks_total, "progress_ms": row.progress_ms,
+            "rejected_ms": row.rejected_ms, "rejected_reason": row.rejected_reason}
 
 
 def model_view(row: ModelRow) -> dict[str, Any]:

@@ -131,7 +131,7 @@ class FleetServer:
         elif isinstance(message, Reported):
             self.store.record_reported(fleet, message, received)
         elif isinstance(message, Event):
-            self.store.record_event(fleet, message)
+            self.store.record_event(fleet, message, received)
             log.info("device event device=%s kind=%s %s", message.device_id, message.kind.value, message.message)
         elif isinstance(message, DriftDetail):
             self.store.record_drift(fleet, message)

@@ -136,6 +136,10 @@ devices_t = sa.Table(
     sa.Column("chunks_have", sa.Integer),
     sa.Column("chunks_total", sa.Integer),
     sa.Column("progress_ms", sa.BigInteger),
+    # When (received, server clock) the device last refused a desired message, and its reason.
+    # Migration 0004.
+    sa.Column("rejected_ms", sa.BigInteger),
+    sa.Column("rejected_reason", sa.Text),
     sa.PrimaryKeyConstraint("fleet", "device_id"),
 )
 device_tags_t = sa.Table(
@@ -286,6 +290,9 @@ class DeviceRow:
     chunks_total: int | None = None
     #: When the device's reported update state (phase, versions, chunks) last changed, epoch ms.
     progress_ms: int | None = None
+    #: When the server last received the device's refusal of a desired message, and its reason.
+    rejected_ms: int | None = None
+    rejected_reason: str | None = None
 
     @property
     def active_label(self) -> str | None:
@@ -463,6 +470,7 @@ class Store:
             ("active_name", "active_version", "active_digest", "phase", "last_error", "target_digest", "chunks_have",
              "chunks_total"), progress=("phase", "active_digest", "target_digest", "chunks_have"))
         self._upsert_telemetry = self._device_upsert((), telemetry=True, arrays=self._pg)
+        self._upsert_rejected = self._device_upsert(("rejected_ms", "rejected_reason"))
         # On SQLite the ingestion path runs these as SQL on the driver (see _sqlite_tx).
         self._sqlite_ingest = None if self._pg else (
             _positional(self._insert_windows, _WINDOW_FIELDS, self._engine),
@@ -791,10 +799,21 @@ class Store:
         with self._read() as conn:
             return [json.loads(p) for p in conn.execute(query).scalars()]
 
-    def record_event(self, fleet: str, event: Event) -> None:
+    def record_event(self, fleet: str, event: Event, received_ms: int | None = None) -> None:
+        """Store a device event; a refused desired message also marks the device (see ``sync``).
+
+        The refusal is stamped with the server's ``received_ms`` (default: now), not the device's
+        clock, because it is compared with when the deployment was created on the server.
+        """
         with self._tx() as conn:
             conn.execute(sa.insert(events_t).values(fleet=fleet, device_id=event.device_id, ts_ms=event.ts,
                                                     kind=event.kind.value, payload=json.dumps(event.to_dict())))
+            if event.kind is EventKind.DESIRED_REJECTED:
+                received = received_ms if received_ms is not None else now_ms()
+                conn.execute(self._upsert_rejected, {
+                    "fleet": fleet, "device_id": event.device_id, "first_seen_ms": received,
+                    "last_seen_ms": received, "rejected_ms": received,
+                    "rejected_reason": event.message[:500] or "desired message refused"})
 
     def devices(self, fleet: str, tag: str | None = None) -> list[DeviceRow]:
         """The fleet's devices by id; only those carrying ``tag`` when it is given."""

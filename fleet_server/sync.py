@@ -2,8 +2,8 @@
 
 The server's view of a device is what the device reported, never what was asked of it. This module
 names the gap between the two, so the CLI, the API and the metrics show the same thing: a device
-that fell back to its previous version, that went offline before it got there, or whose update has
-not moved for a long time is shown as such, not as "deployed".
+that fell back to its previous version, that went offline before it got there, that refused the
+desired message, or whose update has not moved for a long time is shown as such, not as "deployed".
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class SyncState(str, enum.Enum):
     STALLED = "stalled"
     #: Its update failed (refused bundle, failed probation): it still runs its previous version.
     FELL_BACK = "fell_back"
+    #: It refused the desired message itself (a signature it does not trust): it will not start
+    #: until its trust or the message changes.
+    REJECTED = "rejected"
     #: Not connected, and not on the version it should run.
     OFFLINE = "offline"
     #: No deployment names it.
@@ -52,8 +55,10 @@ def sync_state(device: DeviceRow, desired: Deployment | None, now_ms: int,
         if device.progress_ms is not None and now_ms - device.progress_ms > stall_ms:
             return SyncState.STALLED
         return SyncState.UPDATING
-    # Settled on another version: it failed the desired one, or has not started on it.
+    # Settled on another version: it failed the desired one, refused it, or has not started on it.
     since = max(device.progress_ms or 0, desired.created_ms)
+    if device.rejected_ms is not None and device.rejected_ms >= since:
+        return SyncState.REJECTED
     if phase == "failed" and (device.progress_ms or 0) >= desired.created_ms:
         return SyncState.FELL_BACK
     return SyncState.STALLED if now_ms - since > stall_ms else SyncState.PENDING

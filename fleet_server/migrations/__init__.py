@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: The newest revision in ``versions/``; ``tests`` check it against the scripts. Kept here so that
 #: opening an up-to-date store costs one query and no Alembic import.
-HEAD = "0003"
+HEAD = "0004"
 #: Alembic's bookkeeping table (its default name, so the ``alembic`` tool finds it too).
 VERSION_TABLE = "alembic_version"
 SCRIPT_DIR = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ const SETTLED_PHASES = new Set(['idle', 'committed', null, undefined]);
 // or a new deployment changes it without any device message).
 const SYNC_INPUTS = ['phase', 'active_digest', 'online'];
 const SYNC_REFRESH_MS = 30000;
-const ATTENTION = new Set(['stalled', 'fell_back']);
+const ATTENTION = new Set(['stalled', 'fell_back', 'rejected']);
 
 const state = {
   fleet: '',
@@ -273,7 +273,7 @@ function overviewView() {
     h('section', { class: 'cards' }, card('devices', devices.length, 'count-devices'),
       card('online', online, 'count-online'), card('offline', devices.length - online, 'count-offline'),
       card('updating', updating, 'count-updating'), card('failed', failed, 'count-failed'),
-      card('stalled or fell back', attention, 'count-attention')),
+      card('stalled, fell back or refused', attention, 'count-attention')),
     h('div', { class: 'two' }, distribution('Running versions', versions, 'versions'),
       distribution('Update phases', phases, 'phases')),
     live.length ? h('section', { class: 'panel' }, h('h2', {}, 'Live rollouts'),
@@ -369,7 +369,9 @@ function deviceView() {
     ['sync', (d.sync || '–').replace('_', ' ')],
     ['agent', d.agent_version || '–'], ['tags', (d.tags || []).join(', ') || '–'],
     ['desired', d.desired ? `deployment ${d.desired.deployment_id}${d.desired.rollout_id ? ` (${d.desired.rollout_id})` : ''}` : '–'],
-    ['last error', d.last_error || '–'], ['last window', age(d.last_telemetry_ms)]];
+    ['last error', d.last_error || '–'],
+    ...(d.rejected_reason ? [['refused', `${d.rejected_reason} (${age(d.rejected_ms)})`]] : []),
+    ['last window', age(d.last_telemetry_ms)]];
   return h('div', { class: 'device', 'data-device-id': d.device_id },
     h('p', {}, h('a', { href: '#/' }, '← fleet')),
     h('h2', {}, d.device_id),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,11 @@ def test_invalid_payloads_are_dropped_and_logged_once_per_source(
     assert "Traceback" not in server_log + agent_log
 
 
-def test_devices_list_shows_who_is_in_sync_fell_back_went_offline_or_stalled(
+def test_devices_list_shows_who_is_in_sync_fell_back_refused_went_offline_or_stalled(
     broker: BrokerHandle, processes: Processes, digits: TrainedExample, digits_v2: TrainedExample, tmp_path: Path
 ) -> None:
-    """The server's view is what devices report: a version that fails on a device, a device that went
-    away, a device that ignores what it is asked (its keys do not trust the server) show as such."""
+    """The server's view is what devices report: a version that fails on a device, a device that refuses
+    what it is asked (its keys do not trust the server), one that hangs, one that went away show as such."""
     home = tmp_path / "home"
     edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
     edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
@@ -125,7 +126,7 @@ def test_devices_list_shows_who_is_in_sync_fell_back_went_offline_or_stalled(
     processes.agent("good", broker, trust_dir=trust)
     processes.agent("fails-v2", broker, "default", "--simulate-faults", "errors=1", "--faults-version", "2",
                     trust_dir=trust)
-    leaves = processes.agent("leaves", broker, trust_dir=trust)
+    hangs = processes.agent("hangs", broker, trust_dir=trust)
     processes.agent("distrusts", broker, trust_dir=tmp_path / "other-trust")
     store = Store(home / "edgeops.db")
     wait_until(lambda: len([d for d in store.devices("default") if d.online]) == 4, 30, "every agent online")
@@ -138,24 +139,34 @@ def test_devices_list_shows_who_is_in_sync_fell_back_went_offline_or_stalled(
 
     assert set(sync().values()) == {("unmanaged", None)}
     edgeops("deploy", "digits:1", "--home", str(home))
-    wait_until(lambda: [d for d, (s, _) in sync().items() if s == "in_sync"] == ["fails-v2", "good", "leaves"], 60,
+    wait_until(lambda: [d for d, (s, _) in sync().items() if s == "in_sync"] == ["fails-v2", "good", "hangs"], 60,
                "the trusting devices in sync on digits:1")
-    assert sync()["distrusts"] == ("pending", "digits:1")  # it refused the signed desired message
+    # It refused the signed desired message: shown at once, not as pending until it counts as stalled.
+    wait_until(lambda: sync()["distrusts"] == ("rejected", "digits:1"), 30, "the refusal of digits:1")
 
-    leaves.stop()
+    # A hung agent: still connected (until its keepalive runs out), doing nothing.
+    hangs.popen.send_signal(signal.SIGSTOP)
     edgeops("deploy", "digits:2", "--home", str(home))
+    wait_until(lambda: sync()["distrusts"] == ("rejected", "digits:2"), 30, "the refusal of digits:2")
+    assert sync()["hangs"] == ("pending", "digits:2")
+    # A device that has not moved towards what it should run for longer than the stall time is stalled.
+    stalled = sync("--stall-after", "0.001")
+    assert (stalled["hangs"], stalled["distrusts"]) == (("stalled", "digits:2"), ("rejected", "digits:2"))
     wait_until(lambda: sync()["fails-v2"][0] == "fell_back" and sync()["good"][0] == "in_sync", 60,
                "digits:2 committed on one device and failed on another")
+    attention = json.loads(edgeops("devices", "list", "--json", "--sync", "stalled", "--sync", "fell_back",
+                                   "--sync", "rejected", "--stall-after", "0.001", "--home", str(home)).stdout)
+    assert sorted(d["device_id"] for d in attention) == ["distrusts", "fails-v2", "hangs"]
+    hangs.kill()  # the connection drops: the broker publishes its last will
+    wait_until(lambda: sync()["hangs"] == ("offline", "digits:2"), 30, "the hung device offline")
     assert sync() == {"good": ("in_sync", "digits:2"), "fails-v2": ("fell_back", "digits:2"),
-                      "leaves": ("offline", "digits:2"), "distrusts": ("pending", "digits:2")}
-    # A device that has not moved towards what it should run for longer than the stall time is stalled.
-    assert sync("--stall-after", "0.001")["distrusts"] == ("stalled", "digits:2")
-    stalled = json.loads(edgeops("devices", "list", "--json", "--sync", "stalled", "--sync", "fell_back",
-                                 "--stall-after", "0.001", "--home", str(home)).stdout)
-    assert sorted(d["device_id"] for d in stalled) == ["distrusts", "fails-v2"]
+                      "hangs": ("offline", "digits:2"), "distrusts": ("rejected", "digits:2")}
     table = edgeops("devices", "list", "--home", str(home)).stdout
-    assert "fell back" in table and "offline" in table and "in sync" in table
+    for shown_state in ("fell back", "offline", "in sync", "rejected", "refused"):
+        assert shown_state in table, table
     shown = edgeops("devices", "show", "fails-v2", "--home", str(home)).stdout
     assert "fell back" in shown and "probation_failed" in shown
+    shown = edgeops("devices", "show", "distrusts", "--home", str(home)).stdout
+    assert "rejected" in shown and "not in the trust list" in shown
     bad = edgeops("devices", "list", "--sync", "lost", "--home", str(home), check=False)
     assert bad.returncode == 1 and "unknown sync state(s) lost" in bad.stderr

@@ -241,6 +241,22 @@ def test_telemetry_batches_drop_duplicate_windows(store: Store) -> None:
     assert store.device("f", "dev-b").last_telemetry_ms == 1_500
 
 
+def test_a_refused_desired_message_marks_the_device_with_the_servers_time_and_the_reason(store: Store) -> None:
+    store.record_status("f", status("dev-a"), 1_000)
+    store.record_event("f", Event(device_id="dev-a", ts=1, kind=EventKind.UPDATE_STARTED, message="fetching"), 2_000)
+    assert (store.device("f", "dev-a").rejected_ms, store.device("f", "dev-a").rejected_reason) == (None, None)
+    store.record_event("f", Event(device_id="dev-a", ts=1, kind=EventKind.DESIRED_REJECTED,
+                                  message="signed by key k1, which is not in the trust list"), 3_000)
+    row = store.device("f", "dev-a")
+    assert (row.rejected_ms, row.rejected_reason) == (3_000, "signed by key k1, which is not in the trust list")
+    assert (row.last_seen_ms, row.online) == (3_000, True)
+    # A device the server knows only by this event is recorded too (its status may come later).
+    store.record_event("f", Event(device_id="dev-new", ts=1, kind=EventKind.DESIRED_REJECTED), 4_000)
+    row = store.device("f", "dev-new")
+    assert (row.rejected_ms, row.rejected_reason, row.first_seen_ms) == (4_000, "desired message refused", 4_000)
+    assert [e["kind"] for e in store.events("f", "dev-a")] == ["desired_rejected", "update_started"]
+
+
 def test_drift_details_and_events(store: Store) -> None:
     def detail(n: int, ts: int, score: float) -> DriftDetail:
         return DriftDetail(device_id="dev-a", window_id=f"dev-a:w:{n}", ts=ts, n_samples=100, overall_score=score,

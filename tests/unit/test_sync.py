@@ -15,12 +15,13 @@ STALL = int(DEFAULT_STALL_AFTER_S * 1000)
 DESIRED = Deployment(id=7, fleet="f", digest=NEW, selector="all", created_ms=CREATED)
 
 
-def device(phase: str | None, active: str | None, online: bool = True, progress: int | None = CREATED + 5_000
-           ) -> DeviceRow:
+def device(phase: str | None, active: str | None, online: bool = True, progress: int | None = CREATED + 5_000,
+           rejected: int | None = None) -> DeviceRow:
     return DeviceRow(fleet="f", device_id="d1", online=online, agent_version="0.1.0", first_seen_ms=0,
                      last_seen_ms=CREATED, active_name="digits" if active else None, active_version="1",
                      active_digest=active, phase=phase, last_error=None, last_telemetry=None,
-                     last_telemetry_ms=None, progress_ms=progress)
+                     last_telemetry_ms=None, progress_ms=progress, rejected_ms=rejected,
+                     rejected_reason="signature by an unknown key" if rejected else None)
 
 
 SOON = CREATED + 10_000
@@ -49,7 +50,22 @@ LATE = CREATED + 5_000 + STALL + 1
     (device("failed", OLD, progress=CREATED - 1), DESIRED, SOON, SyncState.PENDING),
     (device("committed", OLD), DESIRED, SOON, SyncState.PENDING),
     (device(None, None, progress=None), DESIRED, SOON, SyncState.PENDING),  # known only by its status
-    # Never started on it: stalled too (a refused desired message, an agent that ignores it).
+    # It refused the desired message (after the deployment and after its last reported change).
+    (device("committed", OLD, rejected=CREATED + 6_000), DESIRED, SOON, SyncState.REJECTED),
+    (device("committed", OLD, rejected=CREATED + 6_000), DESIRED, LATE, SyncState.REJECTED),
+    (device("committed", OLD, progress=CREATED - 10, rejected=CREATED), DESIRED, SOON, SyncState.REJECTED),
+    (device(None, None, progress=None, rejected=CREATED + 1), DESIRED, SOON, SyncState.REJECTED),
+    # ... a refusal of an earlier deployment's message says nothing of this one,
+    (device("committed", OLD, progress=CREATED - 10, rejected=CREATED - 1), DESIRED, SOON, SyncState.PENDING),
+    # ... nor one the device has moved on from since (it trusted a later message),
+    (device("failed", OLD, progress=CREATED + 7_000, rejected=CREATED + 6_000), DESIRED, SOON, SyncState.FELL_BACK),
+    (device("fetching", OLD, progress=CREATED + 7_000, rejected=CREATED + 6_000), DESIRED, SOON,
+     SyncState.UPDATING),
+    (device("committed", NEW, progress=CREATED + 7_000, rejected=CREATED + 6_000), DESIRED, SOON,
+     SyncState.IN_SYNC),
+    # ... and a device that is away is shown as away first.
+    (device("committed", OLD, online=False, rejected=CREATED + 6_000), DESIRED, SOON, SyncState.OFFLINE),
+    # Never started on it: stalled too (an agent that ignores the message, or never got it).
     (device("committed", OLD), DESIRED, LATE, SyncState.STALLED),
     (device("committed", OLD, progress=CREATED - 10 * STALL), DESIRED, CREATED + STALL // 2, SyncState.PENDING),
     # Nobody asked anything of it.
