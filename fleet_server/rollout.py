@@ -121,6 +121,9 @@ class Rollout:
     stage_index: int = 0
     #: device -> stage index at which it was assigned the target.
     assigned: dict[str, int] = field(default_factory=dict)
+    #: device -> when it was assigned (server clock): a failure or refusal it reported before then
+    #: is not a verdict on this rollout. Absent in records from before it was kept.
+    assigned_ms: dict[str, int] = field(default_factory=dict)
     #: device -> digest it ran before the rollout touched it (the rollback target).
     previous: dict[str, str | None] = field(default_factory=dict)
     #: When every device of the current stage first was committed (start of the soak).
@@ -175,6 +178,10 @@ class Observation:
     #: The target of the update the device reports working on (if any).
     target_digest: str | None = None
     figures: Figures = field(default_factory=Figures)
+    #: When its reported update state last changed, and when it last refused a desired message
+    #: (server clock; see fleet_server.sync).
+    progress_ms: int | None = None
+    rejected_ms: int | None = None
 
 
 def bucket(rollout_id: str, device_id: str) -> int:
@@ -187,16 +194,34 @@ def stage_order(rollout_id: str, device_ids: list[str]) -> list[str]:
     return sorted(device_ids, key=lambda d: (bucket(rollout_id, d), d))
 
 
-def device_health(obs: Observation | None, target: str, gates: Gates, now_ms: int) -> DeviceHealth:
+def device_health(obs: Observation | None, target: str, gates: Gates, now_ms: int,
+                  assigned_ms: int | None = None) -> DeviceHealth:
+    """A device's verdict on ``target`` since it was assigned it at ``assigned_ms``.
+
+    A failed phase reported before the assignment (the version before failed on it) is not this
+    rollout's failure: that device is pending until it reports again. A refusal of a desired
+    message after the assignment is one: it will never start on the target by itself. Without
+    ``assigned_ms`` or a progress time (older records) a failed phase counts, as it always did.
+    """
     if obs is None:
         return DeviceHealth.PENDING
     if now_ms - obs.last_seen_ms > gates.silence_timeout_s * 1000:
         return DeviceHealth.FAILED
     if obs.active_digest == target and obs.phase == "committed":
         return DeviceHealth.COMMITTED
-    if obs.phase == "failed" and obs.active_digest != target:
+    if assigned_ms is not None and obs.rejected_ms is not None and obs.rejected_ms >= assigned_ms:
         return DeviceHealth.FAILED
+    if obs.phase == "failed" and obs.active_digest != target:
+        stale = assigned_ms is not None and obs.progress_ms is not None and obs.progress_ms < assigned_ms
+        return DeviceHealth.PENDING if stale else DeviceHealth.FAILED
     return DeviceHealth.PENDING
+
+
+def _health(rollout: Rollout, observations: dict[str, Observation], device_id: str, now_ms: int) -> DeviceHealth:
+    """:func:`device_health` of one assigned device against the current stage's gates."""
+    gates = rollout.stages[rollout.stage_index].gates
+    return device_health(observations.get(device_id), rollout.target_digest, gates, now_ms,
+                         rollout.assigned_ms.get(device_id))
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -287,7 +312,7 @@ def stage_figures(rollout: Rollout, observations: dict[str, Observation], now_ms
     """The current stage's figures from the observations of the devices it updated."""
     g = rollout.stages[rollout.stage_index].gates
     members = tuple(d for d, s in rollout.assigned.items() if s == rollout.stage_index)
-    health = {d: device_health(observations.get(d), rollout.target_digest, g, now_ms) for d in members}
+    health = {d: _health(rollout, observations, d, now_ms) for d in members}
     committed = tuple(d for d, h in health.items() if h is DeviceHealth.COMMITTED)
     on_target = [observations[d].figures for d in committed]
     rated = [o for o in on_target if o.error_rate is not None and o.samples > 0]
@@ -368,22 +393,22 @@ def decide(rollout: Rollout, selected: list[str], observations: dict[str, Observ
     stage = rollout.stages[rollout.stage_index]
     members = [d for d, s in rollout.assigned.items() if s == rollout.stage_index]
     all_committed = members and all(
-        device_health(observations.get(d), rollout.target_digest, stage.gates, now_ms) is DeviceHealth.COMMITTED
-        for d in members
-    )
+        _health(rollout, observations, d, now_ms) is DeviceHealth.COMMITTED for d in members)
     ordered = stage_order(rollout.id, selected)
     wanted = ordered[: stage.cumulative_target(len(ordered))]
     unassigned = [d for d in wanted if d not in rollout.assigned]
+    if not members and not unassigned and ordered:
+        # A small fleet: canary:1 then 50% of two devices adds nobody. Nothing to judge, go on.
+        return Decision(_advance(rollout, f"no devices to add (stage covers {len(wanted)} of {len(ordered)})",
+                                 actions), tuple(actions))
     if all_committed and not unassigned and rollout.stage_settled_ms is None:
         rollout = replace(rollout, stage_settled_ms=now_ms)
         verdict = evaluate_stage(rollout, observations, now_ms)
     if verdict.passed and not unassigned:
         return Decision(_advance(rollout, verdict.reason, actions), tuple(actions))
     if unassigned:
-        in_flight = sum(
-            1 for d in rollout.assigned
-            if device_health(observations.get(d), rollout.target_digest, stage.gates, now_ms) is DeviceHealth.PENDING
-        )
+        in_flight = sum(1 for d in rollout.assigned
+                        if _health(rollout, observations, d, now_ms) is DeviceHealth.PENDING)
         room = len(unassigned) if rollout.max_concurrent <= 0 else max(0, rollout.max_concurrent - in_flight)
         batch = unassigned[:room]
         if batch:
@@ -392,7 +417,9 @@ def decide(rollout: Rollout, selected: list[str], observations: dict[str, Observ
                 obs = observations.get(d)
                 previous[d] = obs.active_digest if obs else None
             assigned = {**rollout.assigned, **dict.fromkeys(batch, rollout.stage_index)}
-            rollout = replace(rollout, assigned=assigned, previous=previous, stage_settled_ms=None)
+            assigned_ms = {**rollout.assigned_ms, **dict.fromkeys(batch, now_ms)}
+            rollout = replace(rollout, assigned=assigned, assigned_ms=assigned_ms, previous=previous,
+                              stage_settled_ms=None)
             actions.append(Assign(tuple(batch), rollout.stage_index))
     return Decision(rollout, tuple(actions))
 
@@ -488,6 +515,7 @@ def rollout_to_dict(rollout: Rollout) -> dict[str, object]:
         "state": rollout.state.value,
         "stage_index": rollout.stage_index,
         "assigned": dict(rollout.assigned),
+        "assigned_ms": dict(rollout.assigned_ms),
         "previous": dict(rollout.previous),
         "stage_settled_ms": rollout.stage_settled_ms,
         "reason": rollout.reason,
@@ -512,6 +540,7 @@ def rollout_from_dict(data: dict[str, object]) -> Rollout:
         state=RolloutState(data["state"]),
         stage_index=int(data["stage_index"]),  # type: ignore[call-overload]
         assigned={str(k): int(v) for k, v in data["assigned"].items()},  # type: ignore[attr-defined]
+        assigned_ms={str(k): int(v) for k, v in data.get("assigned_ms", {}).items()},  # type: ignore[attr-defined]
         previous={str(k): v for k, v in data["previous"].items()},  # type: ignore[attr-defined]
         stage_settled_ms=data["stage_settled_ms"],  # type: ignore[arg-type]
         reason=str(data["reason"]),

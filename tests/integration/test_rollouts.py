@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -89,3 +90,52 @@ def test_staged_rollouts_pass_fail_pause_and_survive_a_server_restart(
         assert expected in actions, expected
     listed = json.loads(edgeops("rollout", "list", "--json", "--home", str(home)).stdout)
     assert [r["state"] for r in listed] == ["succeeded", "rolled_back", "rolled_back"]
+
+
+def test_a_rollout_after_a_failed_update_goes_ahead_and_a_device_refusing_it_fails_it(
+    mosquitto: BrokerHandle, processes: Processes, digits: TrainedExample, digits_v2: TrainedExample,
+    tmp_path: Path,
+) -> None:
+    """The usual sequel of a failed update is a fixed version. Devices still showing the failure of
+    the version before are not failed by the new rollout; one that refuses its desired message (it
+    does not trust the server's key) is, at once, not after the silence timeout."""
+    home = tmp_path / "home"
+    edgeops("keys", "generate", "--name", "fleet", "--home", str(home))
+    edgeops("keys", "export-public", str(tmp_path / "trust"), "--home", str(home))
+    edgeops("keys", "generate", "--name", "stranger", "--home", str(tmp_path / "other"))
+    edgeops("keys", "export-public", str(tmp_path / "other-trust"), "--home", str(tmp_path / "other"))
+    add_versions(home, [("1", digits), ("2", digits_v2), ("3", digits_v2)])
+    processes.server(home, mosquitto)
+    agents = [processes.agent(device, mosquitto, "default", "--simulate-faults", "errors=1", "--faults-version", "2",
+                              trust_dir=tmp_path / "trust")
+              for device in ("a", "b")]  # version 2 fails its probation on these devices
+    processes.agent("c", mosquitto, trust_dir=tmp_path / "other-trust")
+    store = Store(home / "edgeops.db")
+    wait_until(lambda: len([d for d in store.devices("default") if d.online]) == 3, 60, "devices online")
+    edgeops("deploy", "digits:1", "--devices", "a,b", "--home", str(home))
+    wait_until(lambda: all(store.device("default", d).active_version == "1"
+                           and store.device("default", d).phase == "committed" for d in ("a", "b")), 60,
+               "a and b on digits:1")
+    edgeops("deploy", "digits:2", "--devices", "a,b", "--home", str(home))
+    wait_until(lambda: all(store.device("default", d).phase == "failed" for d in ("a", "b")), 60,
+               "digits:2 failed on a and b")
+
+    # Frozen for a few of the driver's ticks, the devices show their old failure to the new rollout.
+    for agent in agents:
+        agent.popen.send_signal(signal.SIGSTOP)
+    fixed = _start(home, "digits:3", "--devices", "a,b", "--min-inferences", "5")
+    time.sleep(3)
+    assert _status(home, fixed)["state"] == "running"
+    for agent in agents:
+        agent.popen.send_signal(signal.SIGCONT)
+    wait_until(lambda: _status(home, fixed)["state"] != "running", 120,
+               f"the rollout of the fixed version to end ({tmp_path})")
+    status = _status(home, fixed)
+    assert status["state"] == "succeeded", status["reason"]
+    assert {store.device("default", d).active_version for d in ("a", "b")} == {"3"}
+
+    refused = _start(home, "digits:3", "--devices", "c")
+    # Well inside the 60 s silence timeout: c keeps reporting, it just will not take the target.
+    wait_until(lambda: _status(home, refused)["state"] != "running", 30, "the refused rollout to end")
+    status = _status(home, refused)
+    assert status["state"] == "failed" and "1 of 1 devices failed" in str(status["reason"]), status

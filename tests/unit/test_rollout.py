@@ -51,7 +51,7 @@ def fleet_on(digest_of: dict[str, str], now: int = NOW, **kw: object) -> dict[st
     return {d: obs(d, digest_of.get(d, OLD), now=now, **kw) for d in DEVICES}
 
 
-def drive(r: Rollout, healthy: bool = True, steps: int = 60) -> Rollout:
+def drive(r: Rollout, healthy: bool = True, steps: int = 60, devices: list[str] = DEVICES) -> Rollout:
     """Simulate devices that do what they are told, healthy or not, and call decide repeatedly."""
     running: dict[str, str] = {}
     now = NOW
@@ -59,9 +59,9 @@ def drive(r: Rollout, healthy: bool = True, steps: int = 60) -> Rollout:
         observations = {
             d: obs(d, running.get(d, OLD), now=now, error_rate=0.0 if healthy else 0.5, latency_ms_p95=1.0,
                    baseline_latency_ms_p95=1.0, **PLENTY)
-            for d in DEVICES
+            for d in devices
         }
-        decision = decide(r, DEVICES, observations, now)
+        decision = decide(r, devices, observations, now)
         for action in decision.actions:
             if isinstance(action, Assign):
                 running.update(dict.fromkeys(action.device_ids, NEW))
@@ -110,6 +110,43 @@ def test_silent_device_counts_as_failed() -> None:
     observations[device] = obs(device, OLD, phase="fetching", now=NOW)
     result = decide(first.rollout, DEVICES, observations, late)
     assert result.rollout.state is RolloutState.ROLLED_BACK and "failed" in result.rollout.reason
+
+
+@pytest.mark.parametrize(("phase", "progress_ms", "rejected_ms", "state"), [
+    # Its previous update failed before the rollout assigned it the target: not this rollout's verdict.
+    ("failed", NOW - 1, None, RolloutState.RUNNING),
+    # It failed after being assigned: the canary fails and is rolled back.
+    ("failed", NOW + 1_000, None, RolloutState.ROLLED_BACK),
+    # A row without a progress time (a store from before it was kept): a failed phase counts.
+    ("failed", None, None, RolloutState.ROLLED_BACK),
+    # It refused the rollout's desired message (a key it does not trust): it will never start on it.
+    ("committed", NOW - 5_000, NOW + 1_000, RolloutState.ROLLED_BACK),
+    # ... but a refusal of an earlier message is not one of this rollout's.
+    ("committed", NOW - 5_000, NOW - 1, RolloutState.RUNNING),
+    ("fetching", NOW + 1_000, None, RolloutState.RUNNING),
+])
+def test_a_canary_fails_only_on_what_it_reported_since_it_was_assigned(
+        phase: str, progress_ms: int | None, rejected_ms: int | None, state: RolloutState) -> None:
+    first = decide(rollout(), DEVICES, fleet_on({}), NOW)
+    (device,) = first.rollout.assigned
+    assert first.rollout.assigned_ms == {device: NOW}
+    later = NOW + 2_000
+    observations = fleet_on({}, now=later)
+    observations[device] = replace(obs(device, OLD, phase=phase, now=later), progress_ms=progress_ms,
+                                   rejected_ms=rejected_ms)
+    result = decide(first.rollout, DEVICES, observations, later)
+    assert result.rollout.state is state, result.rollout.reason
+    assert not [a for a in result.actions if isinstance(a, Assign)]  # still the canary's turn
+
+
+def test_without_assignment_times_a_failed_phase_counts_as_before() -> None:
+    """Records written before ``assigned_ms`` was kept: every failed phase fails, as it did then."""
+    first = decide(rollout(), DEVICES, fleet_on({}), NOW)
+    (device,) = first.rollout.assigned
+    observations = fleet_on({})
+    observations[device] = replace(obs(device, OLD, phase="failed"), progress_ms=NOW - 1)
+    result = decide(replace(first.rollout, assigned_ms={}), DEVICES, observations, NOW)
+    assert result.rollout.state is RolloutState.ROLLED_BACK
 
 
 def test_latency_gate_against_the_previous_version() -> None:
@@ -295,14 +332,31 @@ def test_records_round_trip_and_stages_parse() -> None:
         parse_stages("canary:one", FAST)
 
 
-def test_records_stored_before_min_inferences_load_with_the_default() -> None:
+def test_records_stored_before_min_inferences_and_assigned_ms_load_with_defaults() -> None:
     from fleet_server.rollout import rollout_from_dict, rollout_to_dict
 
     record = rollout_to_dict(rollout())
     for stage in record["stages"]:  # type: ignore[attr-defined]
         del stage["gates"]["min_inferences"]
-    assert all(s.gates.min_inferences == 20 for s in rollout_from_dict(record).stages)
+    del record["assigned_ms"]
+    loaded = rollout_from_dict(record)
+    assert all(s.gates.min_inferences == 20 for s in loaded.stages)
+    assert loaded.assigned_ms == {}
     with pytest.raises(ConfigError, match="min_inferences"):
         Gates(min_inferences=0)
     with pytest.raises(ConfigError, match="min_sample"):
         Gates(min_sample=0)
+
+
+@pytest.mark.parametrize("fleet", [1, 2, 3])
+def test_stages_that_add_no_devices_in_a_small_fleet_are_passed_over(fleet: int) -> None:
+    """canary:1, 50%, 100% of one or two devices: the 50% stage (and for one device the 100% one)
+    covers no device the stage before did not, and must not wait for ever."""
+    final = drive(rollout(), devices=DEVICES[:fleet])
+    assert final.state is RolloutState.SUCCEEDED, final.reason
+    assert len(final.assigned) == fleet
+
+
+def test_a_rollout_selecting_no_devices_waits_for_some() -> None:
+    decision = decide(rollout(), [], {}, NOW)
+    assert decision.rollout.state is RolloutState.RUNNING and decision.actions == ()
