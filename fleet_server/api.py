@@ -45,7 +45,7 @@ from fleet_server.live import LiveBus
 from fleet_server.metrics import IngestCounters
 from fleet_server.operations import FleetOperations, InvalidRequestError, gates_from_request, model_view
 from fleet_server.store import TAG_PREFIX, Store, check_tag
-from fleet_server.sync import DEFAULT_STALL_AFTER_S
+from fleet_server.sync import DEFAULT_STALL_AFTER_S, SyncState
 from fleet_server.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ class DeviceOut(BaseModel):
     tags: list[str] = Field(description="Operator-given labels; `tag:NAME` in a selector picks devices by tag.")
     last_telemetry_ms: int | None
     last_telemetry: dict[str, Any] | None
-    sync: Literal["in_sync", "pending", "updating", "stalled", "fell_back", "rejected", "offline",
-                  "unmanaged"] = Field(
+    sync: SyncState = Field(
         description="The reported state against the desired version: in_sync, pending (not started on it), "
                     "updating, stalled (no progress for stall_after_s), fell_back (the desired version failed "
                     "on the device; it runs its previous one), rejected (the device refused the desired "

@@ -143,8 +143,7 @@ def fleet_metrics(sample: FleetSample, max_devices: int = DEFAULT_MAX_DEVICES) -
 
     if sample.sync:
         sync = GaugeMetricFamily("edgeops_devices_by_sync", "Devices by what they run against what they should "
-                                 "(in_sync, pending, updating, stalled, fell_back, rejected, offline, "
-                                 "unmanaged).",
+                                 f"({', '.join(s.value for s in SyncState)}).",
                                  labels=["fleet", "state"])
         for state, count in sample.sync.items():
             sync.add_metric([fleet, state], count)

@@ -175,8 +175,6 @@ class Observation:
     #: Reported update phase and running digest.
     phase: str | None
     active_digest: str | None
-    #: The target of the update the device reports working on (if any).
-    target_digest: str | None = None
     figures: Figures = field(default_factory=Figures)
     #: When its reported update state last changed, and when it last refused a desired message
     #: (server clock; see fleet_server.sync).

@@ -107,8 +107,7 @@ class RolloutService:
                                      min_inferences) if judged else _NO_FIGURES)
             out[device_id] = Observation(device_id=device_id, online=row.online, last_seen_ms=row.last_seen_ms,
                                          phase=row.phase, active_digest=row.active_digest, figures=figures,
-                                         target_digest=row.target_digest, progress_ms=row.progress_ms,
-                                         rejected_ms=row.rejected_ms)
+                                         progress_ms=row.progress_ms, rejected_ms=row.rejected_ms)
         return out
 
     def _figures(self, row: DeviceRow, target: tuple[str, str] | None, previous: tuple[str, str] | None,

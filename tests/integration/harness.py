@@ -139,8 +139,9 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interv
 class Listener:
     """A test-side MQTT client that records everything it receives, by topic."""
 
-    def __init__(self, broker: BrokerHandle, *filters: str, client_id: str = "test-listener") -> None:
-        self.transport = MqttTransport(client_id, broker.address, clean_session=True, reconnect_min_s=1)
+    def __init__(self, broker: BrokerHandle, *filters: str, client_id: str = "test-listener",
+                 clean_session: bool = True) -> None:
+        self.transport = MqttTransport(client_id, broker.address, clean_session=clean_session, reconnect_min_s=1)
         self.transport.subscribe(*filters)
         self.messages: list[Inbound] = []
         self.transport.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import re
 import time
 from collections.abc import Iterator
@@ -10,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeops.transport import Inbound, MqttTransport
 from fleet_server.store import Store
-from tests.integration.harness import BrokerHandle, Processes, edgeops, wait_until
+from tests.integration.harness import BrokerHandle, Listener, Processes, edgeops, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -64,44 +62,27 @@ def test_a_persistent_broker_keeps_an_offline_subscribers_session_across_its_res
     """
     broker = persistent_mosquitto
     topic = "edgeops-test/persist"
-    publisher = MqttTransport("persist-publisher", broker.address, clean_session=True)
-    publisher.start()
-    publisher.wait_connected(10)
-    subscriber = MqttTransport("persist-subscriber", broker.address, clean_session=False)
-    subscriber.subscribe(f"{topic}/#")
-    subscriber.start()
-    subscriber.wait_connected(10)
+    publisher = Listener(broker, client_id="persist-publisher")
+    subscriber = Listener(broker, f"{topic}/#", client_id="persist-subscriber", clean_session=False)
     # The subscription is in place once a probe gets through.
-    wait_until(lambda: publisher.publish(f"{topic}/probe", b"probe").rc == 0 and _drained(subscriber, "probe"),
-               10, "the probe message at the subscriber")
-    subscriber.stop()
-    publisher.stop()
+    wait_until(lambda: publisher.publish(f"{topic}/probe", b"probe") or subscriber.on(f"{topic}/probe"), 10,
+               "the probe message at the subscriber")
+    subscriber.close()
+    publisher.close()
 
     broker.restart()
     assert broker.data_dir is not None and any(broker.data_dir.iterdir()), "the broker wrote no persistence file"
 
-    publisher = MqttTransport("persist-publisher", broker.address, clean_session=True)
-    publisher.start()
-    publisher.wait_connected(10)
-    publisher.publish(f"{topic}/queued", b"while-away").wait_for_publish(10)
-    publisher.stop()
-    subscriber = MqttTransport("persist-subscriber", broker.address, clean_session=False)
-    subscriber.start()  # no subscribe call: the session restored by the broker carries it
+    publisher = Listener(broker, client_id="persist-publisher")
+    publisher.publish(f"{topic}/queued", b"while-away")
+    publisher.close()
+    # No filters: the session the broker restored carries the subscription.
+    subscriber = Listener(broker, client_id="persist-subscriber", clean_session=False)
     try:
-        wait_until(lambda: _drained(subscriber, "while-away"), 10, "the message queued for the offline session")
+        wait_until(lambda: [m.payload for m in subscriber.on(f"{topic}/queued")] == [b"while-away"], 10,
+                   "the message queued for the offline session")
     finally:
-        subscriber.stop()
-
-
-def _drained(transport: MqttTransport, payload: str) -> bool:
-    """True once a message with ``payload`` has been read from the transport's inbox."""
-    while True:
-        try:
-            item = transport.inbox.get_nowait()
-        except queue.Empty:
-            return False
-        if isinstance(item, Inbound) and item.payload == payload.encode():
-            return True
+        subscriber.close()
 
 
 def test_telemetry_during_a_broker_outage_arrives_afterwards_without_gaps(
